@@ -1,0 +1,133 @@
+"""Thread-count policy and build/runtime configuration (fastbp.show_config).
+
+Policy (DESIGN.md §6):
+
+* fastbp's kernels use OpenMP threads; BLAS keeps its own pool.  ``set_num_threads(n)`` sets
+  both (the BLAS pool through threadpoolctl).
+* Without a user setting, the count is what OpenMP reports *at call time* (so OMP_NUM_THREADS
+  and threadpoolctl limits apply), capped at the cores this process may run on.
+* Work below ``PARALLEL_MIN_WORK`` elements runs on one thread: starting a parallel region
+  costs more than it saves there.
+"""
+
+import os
+import platform
+import sys
+
+import numpy as np
+
+from ._kernels import omp_max_threads, openmp_enabled
+
+#: Elementwise work (in elements) below which kernels run on one thread.
+PARALLEL_MIN_WORK = 1 << 15
+
+_user_threads = None
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+USABLE_CORES = _usable_cores()
+
+
+def get_num_threads():
+    """Number of threads fastbp's kernels use for large work.
+
+    Returns
+    -------
+    int
+        The value given to :func:`set_num_threads`, else what OpenMP reports now (honouring
+        ``OMP_NUM_THREADS`` and threadpoolctl limits), capped at the usable cores.
+    """
+    n = _user_threads if _user_threads is not None else omp_max_threads()
+    return max(1, min(n, USABLE_CORES))
+
+
+def set_num_threads(n):
+    """Set the thread count for fastbp's kernels and for the BLAS pool.
+
+    Parameters
+    ----------
+    n : int or None
+        Threads to use (>= 1).  ``None`` returns fastbp to the default (what OpenMP reports
+        at call time); the BLAS pool is then left as it is.
+
+    Raises
+    ------
+    TypeError
+        If `n` is not an integer.
+    ValueError
+        If `n` < 1.
+    """
+    global _user_threads
+    if n is None:
+        _user_threads = None
+        return
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: n must be an int >= 1, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _user_threads = int(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=int(n), user_api="blas")
+
+
+def threads_for(work):
+    """Threads for a kernel call doing about `work` elementwise operations."""
+    return 1 if work < PARALLEL_MIN_WORK else get_num_threads()
+
+
+def _blas_info():
+    from threadpoolctl import threadpool_info
+
+    return [
+        f"{p.get('internal_api', '?')} {p.get('version', '?')} ({p.get('architecture', '?')}, "
+        f"{p.get('num_threads', '?')} threads, {p.get('threading_layer', '?')}) "
+        f"{os.path.basename(p.get('filepath', ''))}"
+        for p in threadpool_info()
+        if p.get("user_api") == "blas"
+    ]
+
+
+def config():
+    """The configuration as a dict (what :func:`show_config` prints)."""
+    from . import __version__
+    from .backend import get_backend
+
+    import scipy
+
+    return {
+        "fastbp": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "openmp": openmp_enabled(),
+        "threads": get_num_threads(),
+        "usable cores": USABLE_CORES,
+        "backend": get_backend(),
+        "blas": _blas_info(),
+    }
+
+
+def show_config(file=None):
+    """Print version, build (OpenMP), threads, backend and the BLAS libraries in use.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print (default: ``sys.stdout``).
+    """
+    out = file or sys.stdout
+    for key, value in config().items():
+        if isinstance(value, list):
+            print(f"{key + ':':14s}{value[0] if value else 'none found'}", file=out)
+            for extra in value[1:]:
+                print(f"{'':14s}{extra}", file=out)
+        else:
+            print(f"{key + ':':14s}{value}", file=out)

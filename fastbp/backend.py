@@ -1,0 +1,169 @@
+"""Which implementation of the kernels the public API calls.
+
+* ``"compiled"`` (default): the Cython/OpenMP/BLAS kernels in ``fastbp._kernels``.
+* ``"numpy"``: the pure-NumPy twins in ``fastbp.reference``.
+* ``"checked"``: both, on the same inputs; raises :class:`CheckError` when an output disagrees
+  beyond the dtype's tolerance (:data:`TOLERANCE`).
+
+``set_backend`` sets the process-wide default; ``use_backend`` overrides it in a ``with`` block
+(per thread / asyncio task, through a context variable).
+"""
+
+import contextlib
+import contextvars
+import inspect
+import types
+
+import numpy as np
+
+from . import _kernels, reference
+
+BACKENDS = ("compiled", "numpy", "checked")
+
+#: (rtol, atol) per dtype for comparing a kernel with its reference, relative to the largest
+#: magnitude in the expected array: ``max|got - expected| <= rtol * max|expected| + atol``.
+TOLERANCE = {
+    np.dtype(np.float32): (1e-4, 1e-6),
+    np.dtype(np.float64): (1e-9, 1e-12),
+}
+
+
+class CheckError(AssertionError):
+    """A compiled kernel disagreed with its NumPy reference under the ``"checked"`` backend."""
+
+
+_default = "compiled"
+_override = contextvars.ContextVar("fastbp_backend", default=None)
+
+
+def _validate(name):
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def get_backend():
+    """The backend in force here: ``"compiled"``, ``"numpy"`` or ``"checked"``."""
+    return _override.get() or _default
+
+
+def set_backend(name):
+    """Set the process-wide backend.
+
+    Parameters
+    ----------
+    name : {"compiled", "numpy", "checked"}
+
+    Raises
+    ------
+    ValueError
+        For any other name.
+    """
+    global _default
+    _default = _validate(name)
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Use backend `name` inside a ``with`` block (this thread / task only), then restore.
+
+    Examples
+    --------
+    >>> import fastbp
+    >>> with fastbp.use_backend("checked"):
+    ...     out, cache = fastbp.layers.relu_forward([[-1.0, 2.0]])
+    """
+    token = _override.set(_validate(name))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def compare(kernel, output, got, expected):
+    """Raise CheckError unless `got` matches `expected` within TOLERANCE of their dtype."""
+    got = np.asarray(got)
+    expected = np.asarray(expected)
+    where = f"{kernel}: output {output!r}"
+    if got.shape != expected.shape:
+        raise CheckError(f"{where} has shape {got.shape}, reference {expected.shape}")
+    rtol, atol = TOLERANCE.get(np.result_type(got, expected), TOLERANCE[np.dtype(np.float64)])
+    nan_got, nan_exp = np.isnan(got), np.isnan(expected)
+    if not np.array_equal(nan_got, nan_exp):
+        idx = np.unravel_index(np.argmax(nan_got != nan_exp), got.shape) if got.ndim else ()
+        raise CheckError(f"{where}: NaN disagrees with the reference at index {idx}")
+    g = np.where(nan_got, 0, got).astype(np.float64)
+    e = np.where(nan_exp, 0, expected).astype(np.float64)
+    inf_mismatch = np.isinf(g) | np.isinf(e)
+    if np.any(inf_mismatch & (g != e)):
+        idx = np.unravel_index(np.argmax(inf_mismatch & (g != e)), g.shape) if g.ndim else ()
+        raise CheckError(f"{where}: infinity disagrees with the reference at index {idx}")
+    g, e = np.where(inf_mismatch, 0, g), np.where(inf_mismatch, 0, e)
+    if g.size == 0:
+        return
+    diff = np.abs(g - e)
+    scale = float(np.max(np.abs(e)))
+    worst = int(np.argmax(diff))
+    if diff.flat[worst] > rtol * scale + atol:
+        idx = np.unravel_index(worst, g.shape) if g.ndim else ()
+        rel = diff.flat[worst] / max(scale, np.finfo(np.float64).tiny)
+        raise CheckError(
+            f"{where} differs from the NumPy reference: largest relative error {rel:.3g} "
+            f"(|got - expected| = {diff.flat[worst]:.3g} at index {idx}, got "
+            f"{g.flat[worst]!r}, expected {e.flat[worst]!r}; tolerance rtol={rtol:g} of "
+            f"max|expected| = {scale:.3g})"
+        )
+
+
+def _snapshot(value):
+    if isinstance(value, np.ndarray) and value.flags.writeable:
+        return value.copy()
+    return value
+
+
+def _checked_kernel(name, fast, slow):
+    """Run `fast` on the caller's buffers and `slow` on copies; compare every written buffer."""
+    params = list(inspect.signature(slow).parameters)
+
+    def run(*args, **kwargs):
+        before_args = [_snapshot(a) for a in args]
+        before_kwargs = {k: _snapshot(v) for k, v in kwargs.items()}
+        result = fast(*args, **kwargs)
+        expected = slow(*before_args, **before_kwargs)
+        written = [(params[i], a, before_args[i]) for i, a in enumerate(args)]
+        written += [(k, v, before_kwargs[k]) for k, v in kwargs.items()]
+        for arg_name, got, exp in written:
+            if isinstance(got, np.ndarray) and got.flags.writeable:
+                compare(name, arg_name, got, exp)
+        if result is not None:
+            compare(name, "return value", result, expected)
+        return result
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f"Checked {name}: compiled kernel, verified against fastbp.reference.{name}."
+    return run
+
+
+_checked = None
+
+
+def _checked_namespace():
+    global _checked
+    if _checked is None:
+        _checked = types.SimpleNamespace(
+            **{
+                name: _checked_kernel(name, getattr(_kernels, name), getattr(reference, name))
+                for name in _kernels.KERNELS
+            }
+        )
+    return _checked
+
+
+def kernels():
+    """The namespace of kernel functions for the backend in force (used by the public API)."""
+    name = _override.get() or _default
+    if name == "compiled":
+        return _kernels
+    if name == "numpy":
+        return reference
+    return _checked_namespace()

@@ -1,0 +1,10 @@
+"""Pure-NumPy twins of every compiled kernel: same names, same signatures, same output semantics.
+
+This is the ``"numpy"`` backend and the oracle the kernels are tested (and ``"checked"``) against.
+It is written to be obviously correct, not fast.  ``n_threads`` is accepted and ignored.
+It never imports the compiled kernels.
+"""
+
+from .blas import gemm
+
+KERNELS = ("gemm",)

@@ -1,0 +1,139 @@
+"""Build the compiled kernels (fastbp._kernels.*); all metadata lives in pyproject.toml.
+
+Environment switches:
+
+* ``FASTBP_REQUIRE_OPENMP=1`` -- fail instead of building serially when the compiler has no
+  working OpenMP.
+* ``FASTBP_DEBUG_CYTHON=1`` -- turn Cython bounds checking (and initialised-view checking) back on,
+  for one test run under guard; never for a release build.
+
+Never ``-ffast-math`` (it flushes denormals for the whole process) and never ``-march=native``
+(wheels run on other CPUs).
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).parent
+KERNELS = ROOT / "fastbp" / "_kernels"
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _openmp_flags(compiler_type):
+    """(compile_args, link_args) spelling OpenMP for this compiler, before probing."""
+    if compiler_type == "msvc":
+        return ["/openmp"], []
+    if sys.platform == "darwin":
+        return ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+    return ["-fopenmp"], ["-fopenmp"]
+
+
+PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        printf("%d\\n", n > 0 && omp_get_max_threads() > 0);
+        return 0;
+    }
+    """
+)
+
+
+def _probe_openmp(compiler, compile_args, link_args):
+    """True when `compiler` compiles, links and runs a tiny OpenMP program."""
+    tmp = tempfile.mkdtemp(prefix="fastbp-omp-")
+    try:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(PROBE)
+        objects = compiler.compile([src], output_dir=tmp, extra_postargs=compile_args)
+        exe = os.path.join(tmp, "probe")
+        compiler.link_executable(objects, exe, extra_postargs=link_args)
+        return True
+    except Exception:  # any compile or link failure means: no usable OpenMP
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExt(build_ext):
+    """Probe OpenMP once, then add the right flags to every kernel extension."""
+
+    def build_extensions(self):
+        ctype = self.compiler.compiler_type
+        omp_c, omp_l = _openmp_flags(ctype)
+        has_openmp = _probe_openmp(self.compiler, omp_c, omp_l)
+        if not has_openmp:
+            msg = (
+                "fastbp: the C compiler has no working OpenMP; building the kernels SERIALLY "
+                "(fastbp.openmp_enabled() will be False)."
+            )
+            if _flag("FASTBP_REQUIRE_OPENMP"):
+                raise RuntimeError(msg + " FASTBP_REQUIRE_OPENMP=1 forbids that.")
+            print("WARNING: " + msg, file=sys.stderr)
+            omp_c, omp_l = [], []
+        base = ["/O2"] if ctype == "msvc" else ["-O3", "-std=c99", *SAFE_VECTORISING]
+        for ext in self.extensions:
+            ext.extra_compile_args = base + omp_c
+            ext.extra_link_args = omp_l
+        super().build_extensions()
+
+
+# Flags that let gcc/clang vectorise the select-based math in csrc/ without changing results or
+# the process's floating-point environment: libm calls need not set errno, and FP exception
+# flags are not observed (so comparisons may be if-converted).  Measured: without
+# -fno-trapping-math no loop over fastbp_exp() vectorises ("control flow in loop").
+SAFE_VECTORISING = ["-fno-math-errno", "-fno-trapping-math"]
+
+DEBUG = _flag("FASTBP_DEBUG_CYTHON")
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": False,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+extensions = [
+    Extension(
+        f"fastbp._kernels.{pyx.stem}",
+        [str(pyx.relative_to(ROOT))],
+        include_dirs=["csrc"],
+    )
+    for pyx in sorted(KERNELS.glob("*.pyx"))
+]
+
+
+
+def _directives_changed():
+    """True when the generated C was made under other directives (a debug build, say)."""
+    stamp = ROOT / "build" / "fastbp-directives.txt"
+    now = repr(sorted(DIRECTIVES.items()))
+    changed = not stamp.exists() or stamp.read_text() != now
+    stamp.parent.mkdir(exist_ok=True)
+    stamp.write_text(now)
+    return changed
+
+
+setup(
+    ext_modules=cythonize(
+        extensions, compiler_directives=DIRECTIVES, force=_directives_changed()
+    ),
+    cmdclass={"build_ext": BuildExt},
+)
