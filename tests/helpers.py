@@ -1,0 +1,36 @@
+"""Shared test helpers (import as `from helpers import ...`): tolerances per dtype, input variants."""
+
+import numpy as np
+
+DTYPES = (np.float32, np.float64)
+
+#: Kernel vs reference agreement per dtype (DESIGN.md §5: float64 ~1e-12 relative, float32 ~1e-5).
+TOL = {
+    np.dtype(np.float32): dict(rtol=2e-5, atol=2e-6),
+    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13),
+}
+
+THREADS = (1, 2, 4)
+ODD_SHAPES = ((1, 1), (1, 7), (7, 1), (7, 33), (33, 7), (64, 130))
+
+
+def tol(dtype):
+    return TOL[np.dtype(dtype)]
+
+
+def assert_close(got, expected, dtype=None, scale=1.0):
+    """assert_allclose with the dtype's tolerance (atol scaled by the data's magnitude)."""
+    t = tol(dtype or np.asarray(expected).dtype)
+    np.testing.assert_allclose(got, expected, rtol=t["rtol"], atol=t["atol"] * scale)
+
+
+def variants(a):
+    """`a` as given, as a non-contiguous view with equal values, and as a read-only array."""
+    strided = np.empty((a.shape[0], 2 * a.shape[1]) if a.ndim == 2 else (2 * a.size,), a.dtype)
+    view = strided[:, ::2] if a.ndim == 2 else strided[::2]
+    view[...] = a
+    ro = a.copy()
+    ro.setflags(write=False)
+    return {"contiguous": a, "strided": view, "readonly": ro}
+
+
