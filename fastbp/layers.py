@@ -1,1 +1,389 @@
-"""Course-compatible functional layers (written in the next commit)."""
+"""Course-compatible functional layers: the drop-in for CS231n / CS182 ``layers.py``.
+
+Every forward returns ``(out, cache)`` and every backward takes ``(dout, cache)``, with the cache
+layouts of the course code, so ``from fastbp.layers import *`` replaces
+``from cs231n.layers import *`` and gives the same numbers.  Arguments are validated here, before
+any kernel runs; the kernels come from the backend in force (``fastbp.set_backend``).
+
+dtypes follow NumPy promotion of the inputs (float32 stays float32; integers compute in float64;
+float16 in float32).  Non-contiguous and read-only inputs are accepted and never written.
+"""
+
+import math
+
+import numpy as np
+
+from ._config import threads_for
+from ._validation import as_array, as_float, as_labels, compute_dtype, require_shape, unpack_cache
+from .backend import kernels
+
+__all__ = [
+    "ACTIVATIONS",
+    "affine_forward",
+    "affine_backward",
+    "affine_relu_forward",
+    "affine_relu_backward",
+    "relu_forward",
+    "relu_backward",
+    "leaky_relu_forward",
+    "leaky_relu_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "elu_forward",
+    "elu_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "softmax_loss",
+    "svm_loss",
+    "mse_loss",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# affine
+
+
+def _flat_input(x, w, name="x"):
+    """x as (N, D) with D = prod(x.shape[1:]), checked against w's first dimension."""
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have shape (N, d1, ..., dk), got a 0-d array")
+    n, d = x.shape[0], math.prod(x.shape[1:])
+    if w.ndim != 2 or w.shape[0] != d:
+        raise ValueError(
+            f"w must have shape (D, M) with D = prod({name}.shape[1:]) = {d}, got {w.shape}"
+        )
+    return x.reshape(n, d)
+
+
+def affine_forward(x, w, b):
+    """Affine (fully-connected) forward: ``out = x.reshape(N, D) @ w + b``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, d_1, ..., d_k)
+        Input minibatch; flattened to (N, D) with D = d_1 * ... * d_k.
+    w : array_like, shape (D, M)
+    b : array_like, shape (M,)
+
+    Returns
+    -------
+    out : ndarray, shape (N, M)
+    cache : tuple
+        ``(x, w, b)``, with x in its original shape.
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not fit together.
+    TypeError
+        For non-numeric dtypes.
+    """
+    x, w, b = as_array(x, "x"), as_array(w, "w"), as_array(b, "b")
+    x2 = _flat_input(x, w)
+    if b.shape != (w.shape[1],):
+        raise ValueError(f"b must have shape ({w.shape[1]},) to match w {w.shape}, got {b.shape}")
+    dtype = compute_dtype(x, w, b)
+    n, m = x2.shape[0], w.shape[1]
+    out = np.empty((n, m), dtype)
+    kernels().linear_forward(
+        as_float(x2, "x", dtype), as_float(w, "w", dtype), as_float(b, "b", dtype), out,
+        threads_for(n * m),
+    )
+    return out, (x, w, b)
+
+
+def affine_backward(dout, cache):
+    """Affine backward.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, M)
+        Upstream gradient.
+    cache : tuple
+        ``(x, w, b)`` from :func:`affine_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape of the original x
+    dw : ndarray, shape (D, M)
+    db : ndarray, shape (M,)
+    """
+    x, w, b = unpack_cache(cache, "cache", 3)
+    x, w, b = as_array(x, "cache x"), as_array(w, "cache w"), as_array(b, "cache b")
+    dout = as_array(dout, "dout")
+    x2 = _flat_input(x, w, "cache x")
+    n, d = x2.shape
+    m = w.shape[1]
+    require_shape(dout, "dout", (n, m))
+    dtype = compute_dtype(dout, x, w, b)
+    dx = np.empty((n, d), dtype)
+    dw = np.empty((d, m), dtype)
+    db = np.empty(m, dtype)
+    kernels().linear_backward(
+        as_float(dout, "dout", dtype), as_float(x2, "x", dtype), as_float(w, "w", dtype),
+        dx, dw, db, 1.0, 0.0, threads_for(n * m),
+    )
+    return dx.reshape(x.shape), dw, db
+
+
+# --------------------------------------------------------------------------------------------
+# activations: elementwise kernels over the raveled array
+
+
+def _forward(kernel, x, *scalars):
+    a = as_array(x, "x")
+    dtype = compute_dtype(a)
+    xc = as_float(a, "x", dtype)
+    out = np.empty(a.shape, dtype)
+    getattr(kernels(), kernel)(xc.reshape(-1), out.reshape(-1), *scalars, threads_for(a.size))
+    return a, out
+
+
+def _backward(kernel, dout, saved, saved_name, *scalars):
+    d = as_array(dout, "dout")
+    s = as_array(saved, saved_name)
+    if d.shape != s.shape:
+        raise ValueError(f"dout has shape {d.shape}, but the cached {saved_name} has {s.shape}")
+    dtype = compute_dtype(d, s)
+    dx = np.empty(d.shape, dtype)
+    getattr(kernels(), kernel)(
+        as_float(d, "dout", dtype).reshape(-1), as_float(s, saved_name, dtype).reshape(-1),
+        dx.reshape(-1), *scalars, threads_for(d.size),
+    )
+    return dx
+
+
+def _real(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def _approximate(value):
+    if value not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {value!r}")
+    return value == "tanh"
+
+
+def relu_forward(x):
+    """ReLU forward: ``out = max(x, 0)``.
+
+    Returns
+    -------
+    out : ndarray, shape of x
+    cache : ndarray
+        x itself.
+    """
+    a, out = _forward("relu_forward", x)
+    return out, a
+
+
+def relu_backward(dout, cache):
+    """ReLU backward: ``dx = dout * (x > 0)`` (the derivative at 0 is 0).
+
+    Parameters
+    ----------
+    dout : array_like
+        Upstream gradient, shape of x.
+    cache : ndarray
+        x, from :func:`relu_forward`.
+
+    Returns
+    -------
+    dx : ndarray
+    """
+    return _backward("relu_backward", dout, cache, "cache x")
+
+
+def leaky_relu_forward(x, alpha=0.01):
+    """Leaky ReLU forward: ``x if x > 0 else alpha * x``; cache ``(x, alpha)``."""
+    alpha = _real(alpha, "alpha")
+    a, out = _forward("leaky_relu_forward", x, alpha)
+    return out, (a, alpha)
+
+
+def leaky_relu_backward(dout, cache):
+    """Leaky ReLU backward: ``dout * (1 if x > 0 else alpha)``; returns dx."""
+    x, alpha = unpack_cache(cache, "cache", 2)
+    return _backward("leaky_relu_backward", dout, x, "cache x", _real(alpha, "cache alpha"))
+
+
+def sigmoid_forward(x):
+    """Logistic sigmoid forward, overflow-free for any finite x; cache is the output."""
+    _, out = _forward("sigmoid_forward", x)
+    return out, out
+
+
+def sigmoid_backward(dout, cache):
+    """Sigmoid backward from the saved output y: ``dout * y * (1 - y)``; returns dx."""
+    return _backward("sigmoid_backward", dout, cache, "cache y")
+
+
+def tanh_forward(x):
+    """tanh forward; cache is the output."""
+    _, out = _forward("tanh_forward", x)
+    return out, out
+
+
+def tanh_backward(dout, cache):
+    """tanh backward from the saved output y: ``dout * (1 - y**2)``; returns dx."""
+    return _backward("tanh_backward", dout, cache, "cache y")
+
+
+def elu_forward(x, alpha=1.0):
+    """ELU forward: ``x if x > 0 else alpha * (exp(x) - 1)``; cache ``(x, alpha)``."""
+    alpha = _real(alpha, "alpha")
+    a, out = _forward("elu_forward", x, alpha)
+    return out, (a, alpha)
+
+
+def elu_backward(dout, cache):
+    """ELU backward from the input: ``dout if x > 0 else dout * alpha * exp(x)``; returns dx."""
+    x, alpha = unpack_cache(cache, "cache", 2)
+    return _backward("elu_backward", dout, x, "cache x", _real(alpha, "cache alpha"))
+
+
+def gelu_forward(x, approximate="none"):
+    """GELU forward: ``x * Phi(x)`` (``approximate="none"``, erf form) or PyTorch's tanh form.
+
+    Returns
+    -------
+    out : ndarray
+    cache : tuple
+        ``(x, approximate)``.
+    """
+    flag = _approximate(approximate)
+    a, out = _forward("gelu_forward", x, flag)
+    return out, (a, approximate)
+
+
+def gelu_backward(dout, cache):
+    """GELU backward (exact derivative of the chosen form); returns dx."""
+    x, approximate = unpack_cache(cache, "cache", 2)
+    return _backward("gelu_backward", dout, x, "cache x", _approximate(approximate))
+
+
+#: name -> (forward, backward, keyword of the extra parameter or None, its default)
+ACTIVATIONS = {
+    "relu": (relu_forward, relu_backward, None, None),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward, "alpha", 0.01),
+    "sigmoid": (sigmoid_forward, sigmoid_backward, None, None),
+    "tanh": (tanh_forward, tanh_backward, None, None),
+    "elu": (elu_forward, elu_backward, "alpha", 1.0),
+    "gelu": (gelu_forward, gelu_backward, "approximate", "none"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# sandwich layer
+
+
+def affine_relu_forward(x, w, b):
+    """Affine followed by ReLU; cache ``((x, w, b), a)`` with a the affine output."""
+    a, fc_cache = affine_forward(x, w, b)
+    out, relu_cache = relu_forward(a)
+    return out, (fc_cache, relu_cache)
+
+
+def affine_relu_backward(dout, cache):
+    """Backward of :func:`affine_relu_forward`; returns ``(dx, dw, db)``."""
+    fc_cache, relu_cache = unpack_cache(cache, "cache", 2)
+    return affine_backward(relu_backward(dout, relu_cache), fc_cache)
+
+
+# --------------------------------------------------------------------------------------------
+# losses
+
+
+def _scores_and_labels(x, y):
+    s = as_array(x, "x")
+    if s.ndim != 2:
+        raise ValueError(f"x must be 2-D scores of shape (N, C), got shape {s.shape}")
+    n, c = s.shape
+    if n == 0:
+        raise ValueError("x is an empty batch (N = 0): the mean loss is undefined")
+    if c == 0:
+        raise ValueError("x has no classes (C = 0)")
+    labels = as_labels(y, "y", n, c)
+    dtype = compute_dtype(s)
+    return as_float(s, "x", dtype), labels, dtype
+
+
+def softmax_loss(x, y):
+    """Softmax cross-entropy loss and gradient, mean over the batch.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C)
+        Class scores (logits); any finite values (max-shifted internally).
+    y : array_like of int, shape (N,)
+        Labels in [0, C).
+
+    Returns
+    -------
+    loss : float scalar of x's dtype
+        ``mean_i (logsumexp(x_i) - x_i[y_i])``.
+    dx : ndarray, shape (N, C)
+        ``(softmax(x) - onehot(y)) / N``.
+
+    Raises
+    ------
+    ValueError
+        For a non-2-D x, an empty batch, or labels of the wrong shape or outside [0, C).
+    TypeError
+        For non-integer labels or non-numeric scores.
+    """
+    s, labels, dtype = _scores_and_labels(x, y)
+    n, c = s.shape
+    dx = np.empty((n, c), dtype)
+    loss = kernels().softmax_cross_entropy(
+        s, labels, dx, np.empty(n, np.float64), 1.0 / n, threads_for(n * c)
+    )
+    return dtype.type(loss), dx
+
+
+def svm_loss(x, y):
+    """Multiclass SVM (hinge, margin 1) loss and gradient, mean over the batch.
+
+    Same parameters, returns and errors as :func:`softmax_loss`; the loss is
+    ``mean_i sum_{j != y_i} max(0, x_ij - x_iy_i + 1)``, and a margin of exactly 0 contributes
+    no gradient.
+    """
+    s, labels, dtype = _scores_and_labels(x, y)
+    n, c = s.shape
+    dx = np.empty((n, c), dtype)
+    loss = kernels().svm_hinge(s, labels, dx, np.empty(n, np.float64), 1.0 / n, threads_for(n * c))
+    return dtype.type(loss), dx
+
+
+def mse_loss(pred, target):
+    """Mean squared error over all elements and its gradient.
+
+    Parameters
+    ----------
+    pred, target : array_like, same shape (any number of dimensions, at least one element)
+
+    Returns
+    -------
+    loss : float scalar
+        ``mean((pred - target) ** 2)``.
+    dpred : ndarray, shape of pred
+        ``2 * (pred - target) / pred.size``.
+    """
+    p, t = as_array(pred, "pred"), as_array(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target must have the same shape, got {p.shape} and {t.shape}")
+    if p.size == 0:
+        raise ValueError("pred is empty: the mean loss is undefined")
+    dtype = compute_dtype(p, t)
+    rows = p.shape[0] if p.ndim >= 2 else 1
+    p2 = as_float(p, "pred", dtype).reshape(rows, -1)
+    t2 = as_float(t, "target", dtype).reshape(rows, -1)
+    dpred = np.empty(p2.shape, dtype)
+    loss = kernels().mse(p2, t2, dpred, np.empty(rows, np.float64), 1.0 / p.size,
+                         threads_for(p.size))
+    return dtype.type(loss), dpred.reshape(p.shape)

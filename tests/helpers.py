@@ -34,3 +34,22 @@ def variants(a):
     return {"contiguous": a, "strided": view, "readonly": ro}
 
 
+
+
+def numerical_gradient_array(f, x, df, h=1e-6):
+    """Central-difference gradient of sum(f() * df) w.r.t. x, perturbing x in place.
+
+    `f` takes no arguments and reads `x` (so it works for any argument of a layer).  A local
+    twin of fastbp.gradcheck, so kernel tests do not depend on the code they would check.
+    """
+    grad = np.zeros(x.shape)
+    flat = x.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        pos = np.array(f(), dtype=np.float64)
+        flat[i] = old - h
+        neg = np.array(f(), dtype=np.float64)
+        flat[i] = old
+        grad.reshape(-1)[i] = np.sum((pos - neg) * df) / (2 * h)
+    return grad

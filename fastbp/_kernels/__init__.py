@@ -5,6 +5,7 @@ Every name exported here has a NumPy twin with the same signature in ``fastbp.re
 """
 
 from ._blas import gemm
+from ._linear import linear_backward, linear_forward
 from ._threads import omp_max_threads, openmp_enabled
 
-KERNELS = ("gemm",)
+KERNELS = ("gemm", "linear_forward", "linear_backward")

@@ -6,5 +6,6 @@ It never imports the compiled kernels.
 """
 
 from .blas import gemm
+from .linear import linear_backward, linear_forward
 
-KERNELS = ("gemm",)
+KERNELS = ("gemm", "linear_forward", "linear_backward")
