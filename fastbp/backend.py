@@ -80,6 +80,10 @@ def use_backend(name):
         _override.reset(token)
 
 
+def _index(flat, shape):
+    return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+
+
 def compare(kernel, output, got, expected):
     """Raise CheckError unless `got` matches `expected` within TOLERANCE of their dtype."""
     got = np.asarray(got)
@@ -90,13 +94,13 @@ def compare(kernel, output, got, expected):
     rtol, atol = TOLERANCE.get(np.result_type(got, expected), TOLERANCE[np.dtype(np.float64)])
     nan_got, nan_exp = np.isnan(got), np.isnan(expected)
     if not np.array_equal(nan_got, nan_exp):
-        idx = np.unravel_index(np.argmax(nan_got != nan_exp), got.shape) if got.ndim else ()
+        idx = _index(np.argmax(nan_got != nan_exp), got.shape)
         raise CheckError(f"{where}: NaN disagrees with the reference at index {idx}")
     g = np.where(nan_got, 0, got).astype(np.float64)
     e = np.where(nan_exp, 0, expected).astype(np.float64)
     inf_mismatch = np.isinf(g) | np.isinf(e)
     if np.any(inf_mismatch & (g != e)):
-        idx = np.unravel_index(np.argmax(inf_mismatch & (g != e)), g.shape) if g.ndim else ()
+        idx = _index(np.argmax(inf_mismatch & (g != e)), g.shape)
         raise CheckError(f"{where}: infinity disagrees with the reference at index {idx}")
     g, e = np.where(inf_mismatch, 0, g), np.where(inf_mismatch, 0, e)
     if g.size == 0:
@@ -105,12 +109,12 @@ def compare(kernel, output, got, expected):
     scale = float(np.max(np.abs(e)))
     worst = int(np.argmax(diff))
     if diff.flat[worst] > rtol * scale + atol:
-        idx = np.unravel_index(worst, g.shape) if g.ndim else ()
+        idx = _index(worst, g.shape)
         rel = diff.flat[worst] / max(scale, np.finfo(np.float64).tiny)
         raise CheckError(
             f"{where} differs from the NumPy reference: largest relative error {rel:.3g} "
             f"(|got - expected| = {diff.flat[worst]:.3g} at index {idx}, got "
-            f"{g.flat[worst]!r}, expected {e.flat[worst]!r}; tolerance rtol={rtol:g} of "
+            f"{float(g.flat[worst])!r}, expected {float(e.flat[worst])!r}; tolerance rtol={rtol:g} of "
             f"max|expected| = {scale:.3g})"
         )
 
@@ -121,11 +125,16 @@ def _snapshot(value):
     return value
 
 
-def _checked_kernel(name, fast, slow):
-    """Run `fast` on the caller's buffers and `slow` on copies; compare every written buffer."""
-    params = list(inspect.signature(slow).parameters)
+def _checked_kernel(name):
+    """Run the compiled kernel on the caller's buffers and the reference on copies of them
+    (taken before the call), then compare every writable buffer and the return value.
+
+    Both are looked up at call time, so a patched kernel is checked too (the tests rely on it).
+    """
+    params = list(inspect.signature(getattr(reference, name)).parameters)
 
     def run(*args, **kwargs):
+        fast, slow = getattr(_kernels, name), getattr(reference, name)
         before_args = [_snapshot(a) for a in args]
         before_kwargs = {k: _snapshot(v) for k, v in kwargs.items()}
         result = fast(*args, **kwargs)
@@ -150,12 +159,7 @@ _checked = None
 def _checked_namespace():
     global _checked
     if _checked is None:
-        _checked = types.SimpleNamespace(
-            **{
-                name: _checked_kernel(name, getattr(_kernels, name), getattr(reference, name))
-                for name in _kernels.KERNELS
-            }
-        )
+        _checked = types.SimpleNamespace(**{n: _checked_kernel(n) for n in _kernels.KERNELS})
     return _checked
 
 
