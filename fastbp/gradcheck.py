@@ -462,8 +462,8 @@ def _loss_and_grads(model, X, y):
 def check_model_gradients(model, X, y, h=1e-5, params=None, num_checks=None, seed=None):
     """Check every parameter gradient of a model against central differences.
 
-    Model protocol (duck typing; the CS231n model contract, also spoken by ``fastbp.models`` and
-    ``fastbp.nn.Sequential``):
+    Model protocol (duck typing; the CS231n model contract, which ``fastbp.models`` and
+    ``fastbp.nn.Sequential`` are designed to follow):
 
     - ``model.params``: a dict ``name -> ndarray`` that ``loss`` reads LIVE on every call.
       Entries are perturbed in place (``model.params[name][ix] = oldval +/- h``) and restored
