@@ -89,6 +89,19 @@ def test_linear_backward_matches_reference(rng, n, d, m, dtype, threads, scale, 
         assert_close(g, e, dtype, scale=np.sqrt(max(n, d, m)) + 1)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_backward_fuses_an_sgd_step(rng, dtype):
+    """dw = w, db = b with scale = -lr, beta = 1 updates the parameters; dx uses the old w."""
+    x, w, b = _data(rng, 9, 6, 4, dtype)
+    dout = rng.standard_normal((9, 4)).astype(dtype)
+    w0, b0, lr = w.copy(), b.copy(), 0.1
+    dx = np.empty((9, 6), dtype)
+    _kernels.linear_backward(dout, x, w, dx, w, b, scale=-lr, beta=1.0)
+    assert_close(dx, dout @ w0.T, dtype, scale=10)
+    assert_close(w, w0 - lr * x.T @ dout, dtype, scale=10)
+    assert_close(b, b0 - lr * dout.sum(0), dtype, scale=10)
+
+
 def test_linear_backward_skips_none_outputs(rng):
     x, w, _ = _data(rng, 5, 4, 3, np.float64)
     dout = rng.standard_normal((5, 3))

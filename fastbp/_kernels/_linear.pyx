@@ -7,9 +7,10 @@ a. Layout: x (N, D), w (D, M), out/dout (N, M), b/db (M,), all C-contiguous, flo
    float64 (the fused type `floating`; one dtype per call).  Inputs are `const` so read-only
    arrays work; outputs are passed in and written (kernels never allocate).
 b. GEMMs: one BLAS call each (never a hand-written loop, never BLAS inside a prange); BLAS
-   threads itself.  Backward is dx = s·dout·wᵀ and dw = s·xᵀ·dout + β·dw as two gemm calls
-   with explicit alpha/beta: `scale` (s) folds a 1/N into the product for free and `beta` = 1
-   accumulates into an existing gradient.
+   threads itself.  Backward is dx = dout·wᵀ and dw = s·xᵀ·dout + β·dw as two gemm calls
+   with explicit alpha/beta on the parameter gradients: `scale` (s) folds a 1/N into the
+   product for free, `beta` = 1 accumulates into an existing gradient, and dw = w, db = b with
+   s = −lr, β = 1 is a plain SGD step fused into the GEMM (dx is computed first, from the old w).
 c. Parallel work here is only the O(N·M) bias epilogue (over rows) and the bias gradient
    db = s·Σ_rows dout + β·db (over blocks of columns: each thread owns whole columns and
    adds the rows in order, so the sum is identical for any thread count and matches NumPy's
@@ -86,10 +87,11 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w,
 def linear_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
                     const floating[:, ::1] w, floating[:, ::1] dx, floating[:, ::1] dw,
                     floating[::1] db, double scale=1.0, double beta=0.0, int n_threads=1):
-    """dx := s·dout @ wᵀ;  dw := s·xᵀ @ dout + β·dw;  db := s·Σ_rows dout + β·db.
+    """dx := dout @ wᵀ;  dw := s·xᵀ @ dout + β·dw;  db := s·Σ_rows dout + β·db.
 
-    Any of dx, dw, db may be None (not computed).  dx is always overwritten (β applies to the
-    parameter gradients only).
+    Any of dx, dw, db may be None (not computed).  `scale` and `beta` apply to the parameter
+    gradients only; dx is overwritten, and computed before dw, so dw may be w itself
+    (s = -lr, β = 1: an SGD step inside the GEMM).
     """
     cdef Py_ssize_t n = dout.shape[0], m = dout.shape[1], d = x.shape[1]
     if x.shape[0] != n:
@@ -108,7 +110,7 @@ def linear_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
         pdout = &dout[0, 0]
     with nogil:
         if want_dx and n and d:
-            gemm_rm(False, True, <int>n, <int>d, <int>m, scale, pdout, <int>max(m, 1),
+            gemm_rm(False, True, <int>n, <int>d, <int>m, 1.0, pdout, <int>max(m, 1),
                     &w[0, 0] if m else NULL, <int>max(m, 1), 0.0, &dx[0, 0], <int>d)
         if want_dw and d and m:
             gemm_rm(True, False, <int>d, <int>m, <int>n, scale,

@@ -11,9 +11,12 @@ def linear_forward(x, w, b, out, n_threads=1):
 
 
 def linear_backward(dout, x, w, dx, dw, db, scale=1.0, beta=0.0, n_threads=1):
-    """dx := s·dout @ wᵀ;  dw := s·xᵀ @ dout + β·dw;  db := s·Σ_rows dout + β·db (None: skip)."""
+    """dx := dout @ wᵀ;  dw := s·xᵀ @ dout + β·dw;  db := s·Σ_rows dout + β·db (None: skip).
+
+    dx is computed first, so dw may be w itself (an SGD step: s = -lr, β = 1).
+    """
     if dx is not None:
-        dx[...] = scale * (dout @ w.T)
+        dx[...] = dout @ w.T
     if dw is not None:
         dw[...] = scale * (x.T @ dout) + (beta * dw if beta else 0)
     if db is not None:
