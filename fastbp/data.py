@@ -317,9 +317,10 @@ def train_test_split(X, y, test_size=0.2, seed=None, shuffle=True, stratify=Fals
     y : array_like, shape (N, ...)
         Targets along the first axis.
     test_size : float in (0, 1) or int, default 0.2
-        A fraction of N (the test set gets ``ceil(test_size * N)`` samples, as in scikit-learn,
-        ignoring floating-point noise such as ``0.1 * 30 = 3.0000000000000004``) or a count.
-        Both sets must end up non-empty.
+        A fraction of N or a count. A fraction gives ``ceil(test_size * N)`` test samples, as
+        in scikit-learn, except that floating-point noise is rounded off first: 0.28 of 25 is
+        7 here (``0.28 * 25 == 7.000000000000001``, which scikit-learn rounds up to 8). Both
+        sets must end up non-empty.
     seed : None, int or np.random.Generator
         Passed to ``np.random.default_rng``; an int gives the same split on every call.
     shuffle : bool, default True
