@@ -22,9 +22,10 @@ d. Numerics:
    - Softmax shifts by the row max before exp, so exp never overflows (logits of ±1e4 are fine
      in float32), and takes the loss as logsumexp - z_y = log(Σ exp(z - max)) - (z_y - max).
      The sum is >= 1 (the max contributes exp(0) = 1), so there is never a log of a rounded 0.
-   - exp is ``vexp`` (csrc/fastbp_math.h, branch-free so the loop vectorises; 8 float lanes
-     with AVX, 4 with baseline SSE2).  A scalar libm ``expf`` made this kernel 0.9x NumPy at
-     C = 1000; results below the smallest normal flush to 0, which is harmless in a sum >= 1.
+   - exp is ``vexp`` (csrc/fastbp_math.h, branch-free so the loop vectorises: 4 float / 2
+     double lanes in the baseline x86-64 SSE2 build, 8 / 4 if built for AVX2).  A scalar libm
+     ``expf`` made this kernel 0.9x NumPy at C = 1000; results below the smallest normal flush
+     to 0, which is harmless in a sum >= 1.
    - One exp per element: pass 1 writes exp(z - max) into the gradient buffer while summing
      it, pass 2 rescales it in place by scale/Σ.  The exp, the shift and the rescale stay in
      the input dtype (float32 keeps its 8-lane vectors); every row sum is accumulated in
@@ -41,7 +42,10 @@ d. Numerics:
 e. Not done: no mean (``scale`` is explicit; the public layer passes 1/N or 1/(N·D)); no label
    smoothing, class weights or ignore_index; no non-contiguous inputs (the Python layer makes
    them contiguous); no in-place gradient over the inputs (it would overwrite z_y / s_y before
-   they are read).  Choosing n_threads (serial for small work) is the caller's policy.
+   they are read).  Choosing n_threads (serial for small work) is the caller's policy.  No
+   per-CPU dispatch: the exp loop runs at baseline SSE2 width (measured on the exp loop alone:
+   an AVX2 clone via GCC target_clones is 2.7x faster); that is a build/csrc decision, not this
+   module's.
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -83,17 +87,16 @@ cdef inline floating _row_max(const floating *z, Py_ssize_t n) noexcept nogil:
     """max_j z[j] for n >= 1, over LANES running maxima (a NaN past z[0] may be skipped here; the
     exp(NaN - max) it then meets makes the row NaN anyway)."""
     cdef floating acc[LANES]
-    cdef floating m
-    cdef Py_ssize_t b, k, full = n - n % LANES
+    cdef floating m = z[0]
+    cdef Py_ssize_t b, j, k
     for k in range(LANES):
-        acc[k] = z[0]
+        acc[k] = m
     for b in range(n // LANES):
         for k in range(LANES):
             acc[k] = z[b * LANES + k] if z[b * LANES + k] > acc[k] else acc[k]
-    for k in range(n - full):
-        acc[k] = z[full + k] if z[full + k] > acc[k] else acc[k]
-    m = acc[0]
-    for k in range(1, LANES):
+    for j in range(n - n % LANES, n):  # the tail folds straight into m
+        m = z[j] if z[j] > m else m
+    for k in range(LANES):
         m = acc[k] if acc[k] > m else m
     return m
 
