@@ -5,7 +5,12 @@ It is written to be obviously correct, not fast.  ``n_threads`` is accepted and 
 It never imports the compiled kernels.
 """
 
-from .blas import gemm
-from .linear import linear_backward, linear_forward
+from . import activations, blas, fused, linear, losses
+from .activations import *  # noqa: F401,F403
+from .blas import *  # noqa: F401,F403
+from .fused import *  # noqa: F401,F403
+from .linear import *  # noqa: F401,F403
+from .losses import *  # noqa: F401,F403
 
-KERNELS = ("gemm", "linear_forward", "linear_backward")
+_MODULES = (blas, linear, activations, losses, fused)
+KERNELS = tuple(name for module in _MODULES for name in module.__all__)
