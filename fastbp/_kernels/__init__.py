@@ -6,6 +6,10 @@ Every name exported here has a NumPy twin with the same signature in ``fastbp.re
 
 from ._blas import gemm
 from ._linear import linear_backward, linear_forward
+from ._optim import adam_step, momentum_step, rmsprop_step, sgd_momentum_step, sgd_step
 from ._threads import omp_max_threads, openmp_enabled
 
-KERNELS = ("gemm", "linear_forward", "linear_backward")
+KERNELS = (
+    "gemm", "linear_forward", "linear_backward",
+    "sgd_step", "sgd_momentum_step", "momentum_step", "rmsprop_step", "adam_step",
+)

@@ -7,5 +7,9 @@ It never imports the compiled kernels.
 
 from .blas import gemm
 from .linear import linear_backward, linear_forward
+from .optim import adam_step, momentum_step, rmsprop_step, sgd_momentum_step, sgd_step
 
-KERNELS = ("gemm", "linear_forward", "linear_backward")
+KERNELS = (
+    "gemm", "linear_forward", "linear_backward",
+    "sgd_step", "sgd_momentum_step", "momentum_step", "rmsprop_step", "adam_step",
+)
