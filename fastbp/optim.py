@@ -504,11 +504,16 @@ class Optimizer:
                 raise ValueError(f"params[{name!r}] is read-only")
             g = _gradient(p, grads[name], f"params[{name!r}]", f"grads[{name!r}]")
             for key, s in self.state.get(name, {}).items():
-                if isinstance(s, np.ndarray) and (s.shape != p.shape or s.dtype != p.dtype):
+                if not isinstance(s, np.ndarray):
+                    continue
+                if s.shape != p.shape or s.dtype != p.dtype:
                     raise ValueError(
                         f"state[{name!r}][{key!r}] is {s.dtype} {s.shape}, but params[{name!r}] "
                         f"is {p.dtype} {p.shape}; call reset() after changing the parameters"
                     )
+                if not (s.flags.c_contiguous and s.flags.writeable):
+                    raise ValueError(f"state[{name!r}][{key!r}] must be a C-contiguous, "
+                                     "writeable array (it is updated in place)")
             work.append((name, p, g))
         return work
 

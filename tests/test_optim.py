@@ -827,6 +827,9 @@ def _class_failures():
         ("nan lr", lambda p, g, o: setattr(o, "lr", math.nan), ValueError),
         ("negative lr", lambda p, g, o: setattr(o, "lr", -0.1), ValueError),
         ("bad wd", lambda p, g, o: setattr(o, "weight_decay", math.inf), ValueError),
+        ("strided state", lambda p, g, o: o.state["b2"].update(
+            {k: np.zeros(6)[::2] for k, v in o.state["b2"].items() if isinstance(v, np.ndarray)}),
+         ValueError),
     ]
 
 
