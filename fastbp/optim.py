@@ -7,15 +7,15 @@ Course rules
 `config` (the same dict is returned; ``None`` makes a new one).  Who is modified follows the
 course code exactly:
 
-=====================  ==========================================  ==============================
-rule                   w                                           state in config
-=====================  ==========================================  ==============================
-:func:`sgd`            updated IN PLACE and returned (``w -= ...``)  none
-:func:`sgd_momentum`   untouched; next_w is a new array            new ``velocity`` array
-:func:`rmsprop`        untouched; next_w is a new array            new ``cache`` array
-:func:`adam`           untouched; next_w is a new array            new ``m``, ``v``; ``t`` += 1
-:func:`sgd_momentum_torch`  untouched; next_w is a new array       new ``momentum_buffer`` array
-=====================  ==========================================  ==============================
+==========================  ===========================  ============================
+rule                        w                            state in config
+==========================  ===========================  ============================
+:func:`sgd`                 updated IN PLACE, returned   none
+:func:`sgd_momentum`        untouched; next_w is new     new ``velocity``
+:func:`sgd_momentum_torch`  untouched; next_w is new     new ``momentum_buffer``
+:func:`rmsprop`             untouched; next_w is new     new ``cache``
+:func:`adam`                untouched; next_w is new     new ``m``, ``v``; ``t`` += 1
+==========================  ===========================  ============================
 
 State arrays already in `config` are never written: the rule stores fresh arrays, as the
 course's ``v = mu * v - lr * dw; config["velocity"] = v`` does.  They are kept in w's dtype
@@ -63,7 +63,7 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _real(value, name):
-    """`value` as a finite float; TypeError for non-numbers (and bools), ValueError if not finite."""
+    """`value` as a finite float (TypeError for non-numbers and bools, ValueError if not finite)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -572,9 +572,9 @@ class Optimizer:
                              "and 'state'")
         hyper, states = state_dict["hyperparameters"], state_dict["state"]
         if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper):
+            got = list(hyper) if isinstance(hyper, Mapping) else type(hyper).__name__
             raise ValueError(f"state_dict['hyperparameters'] must have exactly the keys "
-                             f"{list(self._hyper)}, got "
-                             f"{list(hyper) if isinstance(hyper, Mapping) else type(hyper).__name__}")
+                             f"{list(self._hyper)}, got {got}")
         hp = self._validate(**hyper)
         if not isinstance(states, Mapping):
             raise TypeError(f"state_dict['state'] must be a dict, got {type(states).__name__}")

@@ -113,8 +113,8 @@ def test_kernel_updates_a_raveled_view_of_the_callers_array(rng, case):
 
     flat = w2d.reshape(-1)
     assert np.shares_memory(flat, w2d)
-    getattr(_kernels, kernel)(flat, dw.reshape(-1), **{k: v.reshape(-1) for k, v in state2d.items()},
-                              **scalars, n_threads=2)
+    flat_state = {k: v.reshape(-1) for k, v in state2d.items()}
+    getattr(_kernels, kernel)(flat, dw.reshape(-1), **flat_state, **scalars, n_threads=2)
     assert not np.array_equal(w2d, before)
     assert_close(w2d.reshape(-1), w_exp, np.float64)
     for k in states:
