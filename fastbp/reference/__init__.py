@@ -5,12 +5,13 @@ It is written to be obviously correct, not fast.  ``n_threads`` is accepted and 
 It never imports the compiled kernels.
 """
 
-from . import activations, blas, fused, linear, losses
+from . import activations, blas, fused, linear, losses, optim
 from .activations import *  # noqa: F401,F403
 from .blas import *  # noqa: F401,F403
 from .fused import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
+from .optim import *  # noqa: F401,F403
 
-_MODULES = (blas, linear, activations, losses, fused)
+_MODULES = (blas, linear, activations, losses, fused, optim)
 KERNELS = tuple(name for module in _MODULES for name in module.__all__)
