@@ -440,6 +440,16 @@ class Optimizer:
         """
         return False
 
+    def gemm_fold(self, name, param):
+        """How a fused step may fold this parameter's update into its gradient GEMM.
+
+        Returns ``(target, scale, beta, finish)``: the GEMM computes
+        ``target := scale * gradient + beta * target``, then ``finish()`` (if not None)
+        completes the update; or None when the update needs the gradient itself (then the
+        caller fills ``grads`` and calls :meth:`step`).  The base class folds nothing.
+        """
+        return None
+
     def hyperparameters(self):
         """The current hyper-parameters as a dict (name -> value), in constructor order."""
         return {name: getattr(self, name) for name in self._hyper}
@@ -673,6 +683,26 @@ class SGD(Optimizer):
 
     def _arrays_needed(self, hp):
         return self._arrays if hp["momentum"] else ()
+
+    def gemm_fold(self, name, param):
+        """Plain SGD: ``W := -lr * grad + W`` in the GEMM.  Heavy-ball momentum (no Nesterov,
+        no weight decay): ``b := grad + momentum * b`` in the GEMM, then ``W -= lr * b``.
+        Otherwise None (see :meth:`Optimizer.gemm_fold`)."""
+        hp = self._validate(**self.hyperparameters())
+        if hp["weight_decay"] != 0 or hp["nesterov"]:
+            return None
+        if hp["momentum"] == 0:
+            return param, -hp["lr"], 1.0, None
+        state = self.state.setdefault(name, {})
+        buf = state.get("momentum_buffer")
+        if buf is None or buf.shape != param.shape or buf.dtype != param.dtype:
+            buf = state["momentum_buffer"] = np.zeros(param.shape, param.dtype)
+        lr = hp["lr"]
+
+        def finish():
+            kernels().sgd_step(_flat(param), _flat(buf), lr, 0.0, threads_for(param.size))
+
+        return buf, 1.0, hp["momentum"], finish
 
     def _update(self, w, g, state, hp, n_threads):
         if hp["momentum"] == 0:

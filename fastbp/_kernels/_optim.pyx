@@ -39,6 +39,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport pow, sqrt, sqrtf
 
+__all__ = ["sgd_step", "sgd_momentum_step", "momentum_step", "rmsprop_step", "adam_step"]
+
 cdef enum:
     BLOCK = 2048  # elements per parallel task, and the size of the weight-decay scratch buffer
 

@@ -8,6 +8,8 @@ written).  ``n_threads`` is accepted and ignored.
 
 import numpy as np
 
+__all__ = ["sgd_step", "sgd_momentum_step", "momentum_step", "rmsprop_step", "adam_step"]
+
 
 def _check_lengths(kernel, w, **others):
     for name, a in others.items():
