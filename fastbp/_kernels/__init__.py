@@ -5,7 +5,8 @@ Every name exported here has a NumPy twin with the same signature in ``fastbp.re
 """
 
 from ._blas import gemm
+from ._dropout import dropout_backward, dropout_forward
 from ._linear import linear_backward, linear_forward
 from ._threads import omp_max_threads, openmp_enabled
 
-KERNELS = ("gemm", "linear_forward", "linear_backward")
+KERNELS = ("gemm", "linear_forward", "linear_backward", "dropout_forward", "dropout_backward")

@@ -6,6 +6,7 @@ It never imports the compiled kernels.
 """
 
 from .blas import gemm
+from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 
-KERNELS = ("gemm", "linear_forward", "linear_backward")
+KERNELS = ("gemm", "linear_forward", "linear_backward", "dropout_forward", "dropout_backward")
