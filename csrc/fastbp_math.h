@@ -91,4 +91,157 @@ static inline float fastbp_expf(float x)
     return x != x ? x : y;
 }
 
+/*
+ * ---- Activation math (added for fastbp/_kernels/_activations.pyx) --------------------------
+ *
+ * expm1: the same reduction as exp, x = k*ln2 + r, then expm1(x) = 2^k*expm1(r) + (2^k - 1)
+ * with a Taylor polynomial for expm1(r) that is relatively accurate for tiny r (degree 14 for
+ * double, 9 for float).  For k = 0 (|x| <= ln2/2) the result is the polynomial itself, so
+ * expm1(1e-10) keeps full relative precision; for k != 0 the subtraction 2^k - 1 is exact and
+ * cancels at most one bit.  Inputs are clamped first (below -40 / -20 the result is -1 in the
+ * format), so r stays bounded and no intermediate is inf/NaN for finite x.  NaN propagates,
+ * results above the largest finite number are +inf.
+ *
+ * tanh: tanh(|x|) = -e/(2 + e) with e = expm1(-2|x|), sign restored by copysign.  The
+ * argument of expm1 is <= 0, so nothing overflows for any |x| (tanh(+-inf) = +-1), and for
+ * small |x| both e and the quotient are relatively accurate (tanh(1e-8) = 1e-8), unlike
+ * 1 - 2/(exp(2x) + 1).
+ *
+ * ndtrf / npdff: the standard normal CDF Phi(x) and density phi(x) in float (for GELU).
+ * Phi(-a*sqrt2) = erfc(a)/2 = t*exp(-a^2 + P(t))/2 with t = 1/(1 + a/2) and P the 9-term
+ * Chebyshev fit of Numerical Recipes (erfcc, fractional error < 1.2e-7 for every a >= 0);
+ * Phi(x) = 1 - Phi(-x) for x >= 0 (no cancellation there, Phi >= 1/2).  The Gaussian factor
+ * exp(-x^2/2) is computed as exp(-xh^2/2) * exp(-(x - xh)(x + xh)/2) with xh = x rounded to 12
+ * significant bits, so xh^2 is exact in float and the float rounding of x^2 (which would cost
+ * up to 5e-6 relative error near x = -13) never enters the exponent.  |x| is clamped to 14
+ * (Phi(-14) and phi(14) are below the float range and flush to 0), NaN propagates.
+ * Double GELU uses libm erfc instead (a double-accurate vectorisable erfc is not provided).
+ */
+
+static inline double fastbp_expm1(double x)
+{
+    const double log2e = 1.4426950408889634;
+    const double ln2_hi = 6.93147180369123816490e-01;
+    const double ln2_lo = 1.90821492927058770002e-10;
+    const double shifter = 6755399441055744.0;
+    double xc = x < -40.0 ? -40.0 : x;       /* expm1(-40) rounds to -1 in double */
+    xc = xc > 709.8 ? 709.8 : xc;           /* above: +inf, selected at the end */
+    double kd = xc * log2e + shifter;
+    kd = kd > shifter + 1023.0 ? shifter + 1023.0 : kd; /* 2^k stays a normal double */
+    uint64_t kbits;
+    memcpy(&kbits, &kd, sizeof kbits);
+    double k = kd - shifter;
+    double r = (xc - k * ln2_hi) - k * ln2_lo;
+    double p = 1.0 / 87178291200.0;
+    p = p * r + 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r; /* expm1(r), relatively accurate for tiny r */
+    uint64_t sbits = (kbits + 1023u) << 52;
+    double scale;
+    memcpy(&scale, &sbits, sizeof scale);
+    double y = scale * p + (scale - 1.0);
+    y = x > 709.782712893384 ? (double)INFINITY : y;
+    return x != x ? x : y;
+}
+
+static inline float fastbp_expm1f(float x)
+{
+    const float log2e = 1.44269504f;
+    const float ln2_hi = 0.693145751953125f;
+    const float ln2_lo = 1.428606765330187e-06f;
+    const float shifter = 12582912.0f;
+    float xc = x < -20.0f ? -20.0f : x;      /* expm1f(-20) rounds to -1 in float */
+    xc = xc > 88.8f ? 88.8f : xc;
+    float kf = xc * log2e + shifter;
+    kf = kf > shifter + 127.0f ? shifter + 127.0f : kf;
+    uint32_t kbits;
+    memcpy(&kbits, &kf, sizeof kbits);
+    float k = kf - shifter;
+    float r = (xc - k * ln2_hi) - k * ln2_lo;
+    float p = 1.0f / 362880.0f;
+    p = p * r + 1.0f / 40320.0f;
+    p = p * r + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r;
+    uint32_t sbits = (kbits + 127u) << 23;
+    float scale;
+    memcpy(&scale, &sbits, sizeof scale);
+    float y = scale * p + (scale - 1.0f);
+    y = x > 88.7228391f ? (float)INFINITY : y;
+    return x != x ? x : y;
+}
+
+static inline double fastbp_tanh(double x)
+{
+    double e = fastbp_expm1(-2.0 * fabs(x)); /* in (-1, 0]: never overflows */
+    return copysign(-e / (2.0 + e), x);
+}
+
+static inline float fastbp_tanhf(float x)
+{
+    float e = fastbp_expm1f(-2.0f * fabsf(x));
+    return copysignf(-e / (2.0f + e), x);
+}
+
+/* a rounded toward 0 to 12 significant bits: then a_hi*a_hi is exact in float. */
+static inline float fastbp_hi12f_(float a)
+{
+    uint32_t bits;
+    memcpy(&bits, &a, sizeof bits);
+    bits &= 0xFFFFF000u;
+    memcpy(&a, &bits, sizeof a);
+    return a;
+}
+
+static inline float fastbp_npdff(float x)
+{
+    float a = fabsf(x);
+    a = a < 14.0f ? a : 14.0f; /* phi(14) flushes to 0; NaN becomes 14 here, restored below */
+    float ah = fastbp_hi12f_(a);
+    /* exp(-a^2/2) = exp(-ah^2/2) * exp(-(a - ah)(a + ah)/2), the first exponent exact */
+    float y = 0.398942280401432678f * fastbp_expf(-0.5f * ah * ah)
+              * fastbp_expf(-0.5f * (a - ah) * (a + ah));
+    return x != x ? x : y;
+}
+
+static inline float fastbp_ndtrf(float x)
+{
+    float a = fabsf(x);
+    a = a < 14.0f ? a : 14.0f;
+    float t = 1.0f / (1.0f + 0.353553390593273762f * a); /* 1/(1 + z/2), z = a/sqrt2 */
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    p = p * t - 1.26551223f;
+    float ah = fastbp_hi12f_(a);
+    /* Phi(-a) = erfc(z)/2 = t/2 * exp(-a^2/2) * exp(P(t)); -a^2/2 split as in fastbp_npdff, its
+       small part folded into the second exponent */
+    float tail = 0.5f * t * fastbp_expf(-0.5f * ah * ah)
+                 * fastbp_expf(p - 0.5f * (a - ah) * (a + ah));
+    float y = x < 0.0f ? tail : 1.0f - tail;
+    return x != x ? x : y;
+}
+
 #endif /* FASTBP_MATH_H */

@@ -1,0 +1,280 @@
+# cython: language_level=3
+"""Elementwise activation kernels: <act>_forward / <act>_backward, float32 and float64, nogil.
+
+Design
+------
+a. Layout: every buffer is 1-D and C-contiguous (``floating[::1]``); the Python layer ravels
+   any shape first, so one kernel serves (N, D), (N,) and scalars alike.  Inputs are ``const``
+   (read-only arrays work).  All buffers of one call must have the same length (ValueError
+   naming the arguments otherwise), checked before the GIL is released.  An output may be the
+   same buffer as an input (in place): each element is read before it is written.
+b. Who allocates: nobody here; ``out`` / ``dx`` are passed in and overwritten.
+c. Threads: the flat index range is cut into blocks of BLOCK elements; ``prange`` hands
+   contiguous runs of blocks to at most ``n_threads`` OpenMP threads (schedule="static"), and
+   each block is a plain ``for`` over a scalar helper from _activation_math.pxd, which gcc
+   vectorises (SSE2 at the baseline ISA: 4 floats / 2 doubles per instruction).  Every element
+   is computed by the same code whatever the thread count, so results are bitwise identical run
+   to run and across thread counts.  The choice of operation (and of the GELU form) is made once
+   per block, outside the element loop; there are no reductions.  How many threads a call
+   deserves (serial below some size) is the caller's policy (fastbp._config.threads_for).
+d. Numerics (see the helpers for the formulas):
+   - exp, expm1 and tanh are the branch-free polynomials of csrc/fastbp_math.h, since a libm
+     call in the loop would stop it vectorising (measured for exp: ~8x on softmax).
+   - sigmoid uses exp(-|x|) (never overflows) and the branch-stable quotient; tanh is
+     -expm1(-2|x|)/(2 + expm1(-2|x|)) with the sign restored: bounded for any x, and relatively
+     accurate near 0 (tanh(1e-8) = 1e-8).  ELU uses expm1, so alpha*(exp(x)-1) keeps its digits
+     near 0.  tanh-GELU is evaluated as x*sigmoid(2u), which keeps relative precision for
+     x << 0 where 0.5*(1 + tanh(u)) cancels.
+   - exact GELU needs the normal CDF: float32 uses a vectorisable erfc fit (Numerical Recipes
+     erfcc, < 1.2e-7 fractional error, with the Gaussian factor's exponent split so x*x is not
+     rounded); float64 calls libm erfc per element (scalar: that loop does not vectorise).
+   - Finite inputs give finite outputs and gradients (tested at +-1e3 and +-1e4); NaN in x
+     gives NaN in every forward.  ReLU-type backwards select (``x > 0 ? dout : ...``) rather
+     than multiply by a mask, so dout = inf where the mask is 0 yields 0, not NaN.
+   - Derivative conventions at the kinks: ReLU and ELU use the left branch at x = 0 (ReLU'(0) =
+     0, leaky ReLU'(0) = alpha, ELU'(0) = alpha).
+e. Not done: strided or N-D buffers (the caller makes them contiguous); fused bias/GEMM
+   epilogues (those live with the GEMM and cimport the same helpers); a vectorised erfc in
+   double precision.
+"""
+from cython.parallel cimport prange
+from cython cimport floating
+
+from ._activation_math cimport (
+    elu_bwd, elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd, gelu_tanh_fwd, leaky_relu_bwd,
+    leaky_relu_fwd, relu_bwd, relu_fwd, sigmoid_bwd, sigmoid_fwd, tanh_bwd, tanh_fwd,
+)
+
+__all__ = [
+    "relu_forward", "relu_backward",
+    "leaky_relu_forward", "leaky_relu_backward",
+    "sigmoid_forward", "sigmoid_backward",
+    "tanh_forward", "tanh_backward",
+    "elu_forward", "elu_backward",
+    "gelu_forward", "gelu_backward",
+]
+
+# Elements per block: 16 KiB of float32 per stream, large enough that the per-block dispatch is
+# noise, small enough that a (64, 4096) batch still splits evenly over a few threads.
+cdef Py_ssize_t BLOCK = 4096
+
+cdef enum Op:
+    RELU_FWD
+    RELU_BWD
+    LEAKY_FWD
+    LEAKY_BWD
+    SIGMOID_FWD
+    SIGMOID_BWD
+    TANH_FWD
+    TANH_BWD
+    ELU_FWD
+    ELU_BWD
+    GELU_FWD
+    GELU_BWD
+    GELU_TANH_FWD
+    GELU_TANH_BWD
+
+
+# One loop per operation, each its own small function: gcc inlines the exp-family helpers into a
+# small caller, but gave up inlining fastbp_expf (so did not vectorise) when all fourteen loops
+# sat in one function.  Forwards ignore `b` (NULL) and `alpha` where they take none.
+ctypedef const floating *cptr
+
+cdef void _relu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = relu_fwd(a[i])
+
+cdef void _relu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = relu_bwd(a[i], b[i])
+
+cdef void _leaky_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = leaky_relu_fwd(a[i], alpha)
+
+cdef void _leaky_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = leaky_relu_bwd(a[i], b[i], alpha)
+
+cdef void _sigmoid_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = sigmoid_fwd(a[i])
+
+cdef void _sigmoid_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = sigmoid_bwd(a[i], b[i])
+
+cdef void _tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = tanh_fwd(a[i])
+
+cdef void _tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = tanh_bwd(a[i], b[i])
+
+cdef void _elu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = elu_fwd(a[i], alpha)
+
+cdef void _elu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = elu_bwd(a[i], b[i], alpha)
+
+cdef void _gelu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = gelu_fwd(a[i])
+
+cdef void _gelu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = gelu_bwd(a[i], b[i])
+
+cdef void _gelu_tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                         floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = gelu_tanh_fwd(a[i])
+
+cdef void _gelu_tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                         floating alpha) noexcept nogil:
+    for i in range(n):
+        out[i] = gelu_tanh_bwd(a[i], b[i])
+
+
+cdef void _block(Op op, cptr a, cptr b, floating *out, Py_ssize_t n,
+                 floating alpha) noexcept nogil:
+    """out[i] := op(a[i]) (forward) or op(a[i], b[i]) (backward: a = dout), i < n."""
+    if op == RELU_FWD:
+        _relu_fwd(a, b, out, n, alpha)
+    elif op == RELU_BWD:
+        _relu_bwd(a, b, out, n, alpha)
+    elif op == LEAKY_FWD:
+        _leaky_fwd(a, b, out, n, alpha)
+    elif op == LEAKY_BWD:
+        _leaky_bwd(a, b, out, n, alpha)
+    elif op == SIGMOID_FWD:
+        _sigmoid_fwd(a, b, out, n, alpha)
+    elif op == SIGMOID_BWD:
+        _sigmoid_bwd(a, b, out, n, alpha)
+    elif op == TANH_FWD:
+        _tanh_fwd(a, b, out, n, alpha)
+    elif op == TANH_BWD:
+        _tanh_bwd(a, b, out, n, alpha)
+    elif op == ELU_FWD:
+        _elu_fwd(a, b, out, n, alpha)
+    elif op == ELU_BWD:
+        _elu_bwd(a, b, out, n, alpha)
+    elif op == GELU_FWD:
+        _gelu_fwd(a, b, out, n, alpha)
+    elif op == GELU_BWD:
+        _gelu_bwd(a, b, out, n, alpha)
+    elif op == GELU_TANH_FWD:
+        _gelu_tanh_fwd(a, b, out, n, alpha)
+    elif op == GELU_TANH_BWD:
+        _gelu_tanh_bwd(a, b, out, n, alpha)
+
+
+cdef void _run(Op op, const floating *a, const floating *b, floating *out, Py_ssize_t n,
+               floating alpha, int n_threads) noexcept:
+    """Apply `op` over n elements in BLOCK-sized blocks, blocks split statically over threads.
+
+    `b` may be NULL for forwards (it is then never read).
+    """
+    cdef Py_ssize_t nblocks = (n + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t blk, lo
+    cdef int threads = <int>min(<Py_ssize_t>n_threads, nblocks)
+    for blk in prange(nblocks, schedule="static", num_threads=threads, nogil=True):
+        lo = blk * BLOCK
+        _block(op, a + lo, b + lo if b != NULL else NULL, out + lo, min(BLOCK, n - lo), alpha)
+
+
+cdef Py_ssize_t _length(str kernel, names, lengths, int n_threads) except -1:
+    """The common length of a call's buffers; ValueError naming them when they differ."""
+    if n_threads < 1:
+        raise ValueError(f"{kernel}: n_threads must be >= 1, got {n_threads}")
+    if any(m != lengths[0] for m in lengths):
+        shown = ", ".join(f"{name}={m}" for name, m in zip(names, lengths))
+        raise ValueError(f"{kernel}: {', '.join(names)} must have the same length, got {shown}")
+    return lengths[0]
+
+
+cdef void _unary(str kernel, Op op, const floating[::1] x, floating[::1] out, floating alpha,
+                 int n_threads) except *:
+    cdef Py_ssize_t n = _length(kernel, ("x", "out"), (x.shape[0], out.shape[0]), n_threads)
+    if n:
+        _run(op, &x[0], <const floating *>NULL, &out[0], n, alpha, n_threads)
+
+
+cdef void _binary(str kernel, Op op, const floating[::1] dout, const floating[::1] saved,
+                  str saved_name, floating[::1] dx, floating alpha, int n_threads) except *:
+    cdef Py_ssize_t n = _length(kernel, ("dout", saved_name, "dx"),
+                                (dout.shape[0], saved.shape[0], dx.shape[0]), n_threads)
+    if n:
+        _run(op, &dout[0], &saved[0], &dx[0], n, alpha, n_threads)
+
+
+def relu_forward(const floating[::1] x, floating[::1] out, int n_threads=1):
+    """out := max(x, 0)  (NaN propagates)."""
+    _unary("relu_forward", RELU_FWD, x, out, 0, n_threads)
+
+
+def relu_backward(const floating[::1] dout, const floating[::1] x, floating[::1] dx,
+                  int n_threads=1):
+    """dx := dout * (x > 0), from the forward input x (derivative 0 at x = 0)."""
+    _binary("relu_backward", RELU_BWD, dout, x, "x", dx, 0, n_threads)
+
+
+def leaky_relu_forward(const floating[::1] x, floating[::1] out, double alpha=0.01,
+                       int n_threads=1):
+    """out := x if x > 0 else alpha * x."""
+    _unary("leaky_relu_forward", LEAKY_FWD, x, out, <floating>alpha, n_threads)
+
+
+def leaky_relu_backward(const floating[::1] dout, const floating[::1] x, floating[::1] dx,
+                        double alpha=0.01, int n_threads=1):
+    """dx := dout if x > 0 else alpha * dout, from the forward input x."""
+    _binary("leaky_relu_backward", LEAKY_BWD, dout, x, "x", dx, <floating>alpha, n_threads)
+
+
+def sigmoid_forward(const floating[::1] x, floating[::1] out, int n_threads=1):
+    """out := 1 / (1 + exp(-x))  (stable for both signs)."""
+    _unary("sigmoid_forward", SIGMOID_FWD, x, out, 0, n_threads)
+
+
+def sigmoid_backward(const floating[::1] dout, const floating[::1] y, floating[::1] dx,
+                     int n_threads=1):
+    """dx := dout * y * (1 - y), from the forward OUTPUT y."""
+    _binary("sigmoid_backward", SIGMOID_BWD, dout, y, "y", dx, 0, n_threads)
+
+
+def tanh_forward(const floating[::1] x, floating[::1] out, int n_threads=1):
+    """out := tanh(x)."""
+    _unary("tanh_forward", TANH_FWD, x, out, 0, n_threads)
+
+
+def tanh_backward(const floating[::1] dout, const floating[::1] y, floating[::1] dx,
+                  int n_threads=1):
+    """dx := dout * (1 - y**2), from the forward OUTPUT y."""
+    _binary("tanh_backward", TANH_BWD, dout, y, "y", dx, 0, n_threads)
+
+
+def elu_forward(const floating[::1] x, floating[::1] out, double alpha=1.0, int n_threads=1):
+    """out := x if x > 0 else alpha * expm1(x)."""
+    _unary("elu_forward", ELU_FWD, x, out, <floating>alpha, n_threads)
+
+
+def elu_backward(const floating[::1] dout, const floating[::1] x, floating[::1] dx,
+                 double alpha=1.0, int n_threads=1):
+    """dx := dout if x > 0 else dout * alpha * exp(x), from the forward input x."""
+    _binary("elu_backward", ELU_BWD, dout, x, "x", dx, <floating>alpha, n_threads)
+
+
+def gelu_forward(const floating[::1] x, floating[::1] out, bint approximate=False,
+                 int n_threads=1):
+    """out := x * Phi(x); approximate: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x**3)))."""
+    _unary("gelu_forward", GELU_TANH_FWD if approximate else GELU_FWD, x, out, 0, n_threads)
+
+
+def gelu_backward(const floating[::1] dout, const floating[::1] x, floating[::1] dx,
+                  bint approximate=False, int n_threads=1):
+    """dx := dout * (Phi(x) + x * phi(x)) (or the exact derivative of the tanh form), from x."""
+    _binary("gelu_backward", GELU_TANH_BWD if approximate else GELU_BWD, dout, x, "x", dx, 0,
+            n_threads)

@@ -1,0 +1,209 @@
+# cython: language_level=3
+"""Fused layer kernels for the training step: fewer passes over the activations.
+
+Design
+------
+a. What is fused, and why: a training step's elementwise work is memory-bound, so each pass
+   saved over an (N, H) activation is time saved.
+   * ``linear_act_forward``: out = act(x·w + b).  The GEMM writes into `out`; one epilogue pass
+     adds the bias and applies the activation in place (optionally also storing the
+     pre-activation z = x·w + b in `pre`, which only GELU's backward needs).
+   * ``act_backward_bias``: dz = dout ⊙ act'(·) and db = s·Σ_rows dz + β·db in ONE pass.  dz may
+     be dout itself (in place), and db may be the bias itself (s = −lr, β = 1: an SGD step).
+b. What the backward reads: the saved OUTPUT a for relu, leaky_relu (alpha >= 0), sigmoid,
+   tanh and elu (alpha >= 0) — a > 0 exactly where z > 0, and elu'(z) = a + alpha for z <= 0 —
+   so no pre-activation is stored for them; the pre-activation z for gelu / gelu_tanh.
+   Negative alpha breaks the output form; the caller (fastbp._fused_step) never fuses it.
+c. Layout and ownership: C-contiguous (N, M) buffers, `floating` (float32 / float64), all
+   passed in; nothing is allocated.
+d. Parallelism: the epilogue runs over rows; the backward over blocks of 256 columns, each
+   thread owning whole columns and adding the rows in order, so db is identical for any thread
+   count (the same order as _linear's bias gradient).  The activation is chosen once per row
+   segment, never per element.
+e. Activations are named by string at the Python boundary ("identity", "relu", "leaky_relu",
+   "sigmoid", "tanh", "elu", "gelu", "gelu_tanh") and mapped once to an enum; the scalar math
+   is shared with _activations.pyx through _activation_math.pxd.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+
+from ._activation_math cimport (
+    elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd, gelu_tanh_fwd, leaky_relu_fwd, relu_fwd,
+    sigmoid_fwd, tanh_fwd,
+)
+from ._blas cimport gemm_rm
+
+cdef enum Act:
+    IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, ELU, GELU, GELU_TANH
+
+ACTIVATION_CODES = {
+    "identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid": SIGMOID,
+    "tanh": TANH, "elu": ELU, "gelu": GELU, "gelu_tanh": GELU_TANH,
+}
+DIFFERENTIATED_FROM_INPUT = ("gelu", "gelu_tanh")
+
+cdef Py_ssize_t COL_BLOCK = 256
+
+
+def _code(str activation):
+    try:
+        return ACTIVATION_CODES[activation]
+    except KeyError:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATION_CODES)}, "
+                         f"got {activation!r}") from None
+
+
+cdef inline void _epilogue_row(floating *row, const floating *b, floating *pre, Py_ssize_t m,
+                               int act, floating alpha) noexcept nogil:
+    """row[j] := act(row[j] + b[j]) (b may be NULL); pre[j] := row[j] + b[j] when pre != NULL."""
+    cdef Py_ssize_t j
+    cdef floating z
+    if b != NULL:
+        for j in range(m):
+            row[j] = row[j] + b[j]
+    if pre != NULL:
+        for j in range(m):
+            pre[j] = row[j]
+    if act == RELU:
+        for j in range(m):
+            row[j] = relu_fwd(row[j])
+    elif act == LEAKY_RELU:
+        for j in range(m):
+            row[j] = leaky_relu_fwd(row[j], alpha)
+    elif act == SIGMOID:
+        for j in range(m):
+            row[j] = sigmoid_fwd(row[j])
+    elif act == TANH:
+        for j in range(m):
+            row[j] = tanh_fwd(row[j])
+    elif act == ELU:
+        for j in range(m):
+            row[j] = elu_fwd(row[j], alpha)
+    elif act == GELU:
+        for j in range(m):
+            row[j] = gelu_fwd(row[j])
+    elif act == GELU_TANH:
+        for j in range(m):
+            row[j] = gelu_tanh_fwd(row[j])
+
+
+def linear_act_forward(const floating[:, ::1] x, const floating[:, ::1] w,
+                       const floating[::1] b, str activation, double alpha,
+                       floating[:, ::1] pre, floating[:, ::1] out, int n_threads=1):
+    """out := act(x @ w + b); pre := x @ w + b when pre is not None (required for gelu*)."""
+    cdef int act = _code(activation)
+    cdef Py_ssize_t n = x.shape[0], d = x.shape[1], m = w.shape[1], i
+    if w.shape[0] != d:
+        raise ValueError(f"linear_act_forward: w has {w.shape[0]} rows, x has {d} columns")
+    if out.shape[0] != n or out.shape[1] != m:
+        raise ValueError(f"linear_act_forward: out has shape {(out.shape[0], out.shape[1])}, "
+                         f"expected {(n, m)}")
+    if b is not None and b.shape[0] != m:
+        raise ValueError(f"linear_act_forward: b has length {b.shape[0]}, expected {m}")
+    if pre is not None and (pre.shape[0] != n or pre.shape[1] != m):
+        raise ValueError(f"linear_act_forward: pre has shape {(pre.shape[0], pre.shape[1])}, "
+                         f"expected {(n, m)}")
+    if pre is None and activation in DIFFERENTIATED_FROM_INPUT:
+        raise ValueError(f"linear_act_forward: {activation} needs `pre` (its backward reads z)")
+    if n == 0 or m == 0:
+        return
+    cdef const floating *pb = NULL
+    cdef floating *ppre = NULL
+    cdef floating falpha = <floating>alpha
+    if b is not None:
+        pb = &b[0]
+    if pre is not None:
+        ppre = &pre[0, 0]
+    with nogil:
+        gemm_rm(False, False, <int>n, <int>m, <int>d, 1.0,
+                &x[0, 0] if d else NULL, <int>max(d, 1),
+                &w[0, 0] if d else NULL, <int>m, 0.0, &out[0, 0], <int>m)
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            _epilogue_row(&out[i, 0], pb, ppre + i * m if ppre != NULL else NULL, m, act, falpha)
+
+
+cdef inline void _derivative_segment(const floating *g, const floating *s, floating *dz,
+                                     Py_ssize_t w, int act, floating alpha) noexcept nogil:
+    """dz[j] := g[j] * act'(.) for one row segment; s is the output a, or z for gelu*."""
+    cdef Py_ssize_t j
+    cdef floating one = 1
+    if act == IDENTITY:
+        for j in range(w):
+            dz[j] = g[j]
+    elif act == RELU:
+        for j in range(w):
+            dz[j] = g[j] if s[j] > 0 else 0
+    elif act == LEAKY_RELU:
+        for j in range(w):
+            dz[j] = g[j] if s[j] > 0 else alpha * g[j]
+    elif act == SIGMOID:
+        for j in range(w):
+            dz[j] = g[j] * s[j] * (one - s[j])
+    elif act == TANH:
+        for j in range(w):
+            dz[j] = g[j] * (one - s[j] * s[j])
+    elif act == ELU:
+        for j in range(w):
+            dz[j] = g[j] if s[j] > 0 else g[j] * (s[j] + alpha)
+    elif act == GELU:
+        for j in range(w):
+            dz[j] = gelu_bwd(g[j], s[j])
+    elif act == GELU_TANH:
+        for j in range(w):
+            dz[j] = gelu_tanh_bwd(g[j], s[j])
+
+
+cdef void _backward_block(const floating[:, ::1] dout, const floating[:, ::1] saved,
+                          floating[:, ::1] dz, floating *db, Py_ssize_t j0, Py_ssize_t j1,
+                          int act, floating alpha, floating scale, floating beta) noexcept nogil:
+    cdef floating acc[256]
+    cdef Py_ssize_t i, j, w = j1 - j0
+    for j in range(w):
+        acc[j] = 0
+    for i in range(dout.shape[0]):
+        _derivative_segment(&dout[i, j0], &saved[i, j0], &dz[i, j0], w, act, alpha)
+        if db != NULL:
+            for j in range(w):
+                acc[j] = acc[j] + dz[i, j0 + j]
+    if db == NULL:
+        return
+    if beta == 0:
+        for j in range(w):
+            db[j0 + j] = scale * acc[j]
+    else:
+        for j in range(w):
+            db[j0 + j] = scale * acc[j] + beta * db[j0 + j]
+
+
+def act_backward_bias(const floating[:, ::1] dout, const floating[:, ::1] saved,
+                      str activation, double alpha, floating[:, ::1] dz, floating[::1] db,
+                      double scale=1.0, double beta=0.0, int n_threads=1):
+    """dz := dout * act'(saved);  db := scale * Σ_rows dz + beta * db  (db may be None).
+
+    `saved` is the forward output for every activation except gelu / gelu_tanh (their
+    pre-activation).  dz may be dout itself.
+    """
+    cdef int act = _code(activation)
+    cdef Py_ssize_t n = dout.shape[0], m = dout.shape[1], blk, n_blocks
+    for name, arr in (("saved", saved), ("dz", dz)):
+        if arr.shape[0] != n or arr.shape[1] != m:
+            raise ValueError(f"act_backward_bias: {name} has shape "
+                             f"{(arr.shape[0], arr.shape[1])}, expected {(n, m)}")
+    if db is not None and db.shape[0] != m:
+        raise ValueError(f"act_backward_bias: db has length {db.shape[0]}, expected {m}")
+    if m == 0:
+        return
+    cdef floating *pdb = NULL
+    if db is not None:
+        pdb = &db[0]
+    if n == 0:
+        if pdb != NULL:
+            for blk in range(m):
+                pdb[blk] = 0 if beta == 0 else <floating>(beta * pdb[blk])
+        return
+    n_blocks = (m + COL_BLOCK - 1) // COL_BLOCK
+    cdef floating falpha = <floating>alpha, fscale = <floating>scale, fbeta = <floating>beta
+    with nogil:
+        for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
+            _backward_block(dout, saved, dz, pdb, blk * COL_BLOCK,
+                            min(m, (blk + 1) * COL_BLOCK), act, falpha, fscale, fbeta)

@@ -1,0 +1,658 @@
+"""fastbp.nn: layer classes, losses and containers for training MLPs with reused buffers.
+
+Design
+------
+* A layer's ``forward(x)`` keeps what its ``backward(dout)`` needs; ``backward`` returns dL/dinput
+  and fills ``layer.grads`` (same keys as ``layer.params``: ``"W"``, ``"b"``).
+* Buffers (outputs, input gradients) are allocated on the first call with a given batch size and
+  reused afterwards, so a steady-state training loop allocates nothing.  The arrays returned by
+  ``forward`` / ``backward`` are those buffers: valid until the next call of the same layer
+  (copy them to keep them).  ``predict`` / ``predict_proba`` / ``evaluate`` return fresh arrays.
+* ``Sequential.train_step`` runs forward, loss, backward and the optimizer update.  When the
+  network is a chain of ``Linear`` layers each optionally followed by one activation, it uses
+  the fused kernels (fastbp._kernels._fused): bias + activation in the GEMM epilogue, the
+  activation derivative fused with the bias-gradient reduction, and the optimizer update folded
+  into the weight-gradient GEMM where the optimizer allows it (``Optimizer.gemm_fold``).  The
+  unfused path (``forward``, ``backward``, ``optimizer.step``) is the reference it is tested
+  against.
+* Every input is validated before any kernel runs and before any parameter changes, so a failed
+  ``train_step`` leaves the parameters as they were.
+* Parameter names in a ``Sequential`` are ``"<index>.<name>"`` (``"0.W"``, ``"0.b"``, ...).
+"""
+
+import math
+
+import numpy as np
+
+from . import _validation as val
+from ._config import threads_for
+from .backend import kernels
+
+__all__ = [
+    "Module",
+    "Linear",
+    "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "ELU",
+    "GELU",
+    "SoftmaxCrossEntropy",
+    "MulticlassHinge",
+    "MSELoss",
+    "Sequential",
+    "MLP",
+    "ACTIVATIONS",
+    "LOSSES",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _float_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in _FLOATS:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class _Buffers:
+    """Named arrays reused while their shape stays the same (kernels never allocate)."""
+
+    __slots__ = ("_arrays",)
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, name, shape, dtype):
+        a = self._arrays.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            a = self._arrays[name] = np.empty(shape, dtype)
+        return a
+
+
+class Module:
+    """Base class: parameters, gradients, state dicts and ``.npz`` files.
+
+    Subclasses set ``self.params`` and ``self.grads`` (dicts of arrays with the same keys) and
+    implement ``forward`` and ``backward``.
+    """
+
+    params = {}
+    grads = {}
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def parameters(self):
+        """The parameter arrays (live: updating them in place updates the model)."""
+        return list(self.params.values())
+
+    def zero_grad(self):
+        """Set every gradient to zero, in place."""
+        for g in self.grads.values():
+            g.fill(0)
+
+    def state_dict(self):
+        """Copies of the parameters, by name."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state):
+        """Copy `state` into the parameters, in place.
+
+        Every array is checked (names, shapes, a float dtype) before any parameter changes.
+
+        Raises
+        ------
+        ValueError
+            If names are missing or unexpected, or a shape differs.
+        TypeError
+            If an array is not of a real floating dtype.
+        """
+        params = self.params
+        missing = sorted(set(params) - set(state))
+        extra = sorted(set(state) - set(params))
+        if missing or extra:
+            raise ValueError(
+                f"state does not match the model: missing {missing or 'nothing'}, "
+                f"unexpected {extra or 'nothing'}"
+            )
+        arrays = {}
+        for name, p in params.items():
+            a = np.asarray(state[name])
+            if a.shape != p.shape:
+                raise ValueError(f"state[{name!r}] has shape {a.shape}, the model's is {p.shape}")
+            if a.dtype.kind != "f":
+                raise TypeError(f"state[{name!r}] has dtype {a.dtype}, expected floating point")
+            arrays[name] = a
+        for name, a in arrays.items():
+            np.copyto(params[name], a, casting="unsafe")
+
+    def save(self, path):
+        """Write the parameters to an ``.npz`` file (no pickle; a bit-exact round trip)."""
+        np.savez(path, **self.state_dict())
+
+    def load(self, path):
+        """Load parameters written by :meth:`save` (``allow_pickle=False``); returns self.
+
+        Raises
+        ------
+        ValueError
+            If the file's arrays do not match the model (names or shapes), naming them.
+        """
+        with np.load(path, allow_pickle=False) as f:
+            state = {k: f[k] for k in f.files}
+        try:
+            self.load_state_dict(state)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{path}: {e}") from None
+        return self
+
+
+def _rng(rng):
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+_INITS = {
+    "he": lambda fan_in, fan_out: math.sqrt(2.0 / fan_in),
+    "xavier": lambda fan_in, fan_out: math.sqrt(2.0 / (fan_in + fan_out)),
+    "normal": lambda fan_in, fan_out: 0.01,
+}
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+class Linear(Module):
+    """Fully-connected layer ``y = x @ W + b``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+    dtype : {np.float32, np.float64}, default np.float32
+    rng : None, int or numpy.random.Generator
+        Seed or generator for the initial weights.
+    init : {"he", "xavier", "normal"}
+        Weights ~ N(0, std²) with std sqrt(2/fan_in) (He), sqrt(2/(fan_in+fan_out)) (Glorot),
+        or 0.01; biases start at zero.
+
+    Attributes
+    ----------
+    params, grads : dict
+        ``"W"`` (in_features, out_features) and, with a bias, ``"b"`` (out_features,).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None,
+                 init="he"):
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        self.dtype = _float_dtype(dtype)
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {sorted(_INITS)}, got {init!r}")
+        std = _INITS[init](self.in_features, self.out_features)
+        w = _rng(rng).standard_normal((self.in_features, self.out_features)) * std
+        self.params = {"W": w.astype(self.dtype)}
+        if bias:
+            self.params["b"] = np.zeros(self.out_features, self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._buf = _Buffers()
+        self._x = None
+
+    def __repr__(self):
+        return (f"Linear({self.in_features}, {self.out_features}, "
+                f"bias={'b' in self.params}, dtype={self.dtype.name})")
+
+    def _input(self, x):
+        a = val.as_array(x, "x")
+        if a.ndim != 2 or a.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self!r} expects input of shape (N, {self.in_features}), got {a.shape}"
+            )
+        return val.as_float(a, "x", self.dtype)
+
+    def forward(self, x):
+        """``x @ W + b`` for x of shape (N, in_features); returns a reused buffer."""
+        x = self._input(x)
+        n = x.shape[0]
+        out = self._buf.get("out", (n, self.out_features), self.dtype)
+        kernels().linear_forward(x, self.params["W"], self.params.get("b"), out,
+                                 threads_for(out.size))
+        self._x = x
+        return out
+
+    def backward(self, dout):
+        """Fill ``grads`` with dL/dW, dL/db and return dL/dx (a reused buffer)."""
+        x = self._saved_input()
+        dout = val.as_float(dout, "dout", self.dtype)
+        val.require_shape(dout, "dout", (x.shape[0], self.out_features))
+        dx = self._buf.get("dx", x.shape, self.dtype)
+        kernels().linear_backward(dout, x, self.params["W"], dx, self.grads["W"],
+                                  self.grads.get("b"), 1.0, 0.0, threads_for(dout.size))
+        return dx
+
+    def _saved_input(self):
+        if self._x is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        return self._x
+
+
+class _Activation(Module):
+    """Elementwise activation; ``kernel`` names the forward/backward kernels."""
+
+    kernel = None
+    saves_output = False  # backward reads the forward output (sigmoid, tanh) or its input
+
+    def __init__(self):
+        self.params, self.grads = {}, {}
+        self._buf = _Buffers()
+        self._saved = None
+
+    def _scalars(self):
+        return ()
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def forward(self, x):
+        a = val.as_array(x, "x")
+        x = val.as_float(a, "x", val.compute_dtype(a))
+        out = self._buf.get("out", x.shape, x.dtype)
+        getattr(kernels(), self.kernel + "_forward")(
+            x.reshape(-1), out.reshape(-1), *self._scalars(), threads_for(x.size))
+        self._saved = out if self.saves_output else x
+        return out
+
+    def backward(self, dout):
+        saved = self._saved
+        if saved is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        dout = val.as_float(dout, "dout", saved.dtype)
+        val.require_shape(dout, "dout", saved.shape)
+        dx = self._buf.get("dx", saved.shape, saved.dtype)
+        getattr(kernels(), self.kernel + "_backward")(
+            dout.reshape(-1), saved.reshape(-1), dx.reshape(-1), *self._scalars(),
+            threads_for(dx.size))
+        return dx
+
+
+def _finite_real(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+class ReLU(_Activation):
+    """``max(x, 0)``; the derivative at 0 is 0."""
+
+    kernel = "relu"
+
+
+class LeakyReLU(_Activation):
+    """``x if x > 0 else alpha * x``."""
+
+    kernel = "leaky_relu"
+
+    def __init__(self, alpha=0.01):
+        super().__init__()
+        self.alpha = _finite_real(alpha, "alpha")
+
+    def _scalars(self):
+        return (self.alpha,)
+
+    def __repr__(self):
+        return f"LeakyReLU(alpha={self.alpha})"
+
+
+class Sigmoid(_Activation):
+    """Logistic sigmoid (backward reads the saved output)."""
+
+    kernel = "sigmoid"
+    saves_output = True
+
+
+class Tanh(_Activation):
+    """tanh (backward reads the saved output)."""
+
+    kernel = "tanh"
+    saves_output = True
+
+
+class ELU(_Activation):
+    """``x if x > 0 else alpha * (exp(x) - 1)``."""
+
+    kernel = "elu"
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = _finite_real(alpha, "alpha")
+
+    def _scalars(self):
+        return (self.alpha,)
+
+    def __repr__(self):
+        return f"ELU(alpha={self.alpha})"
+
+
+class GELU(_Activation):
+    """GELU, exact (``approximate="none"``) or PyTorch's tanh approximation."""
+
+    kernel = "gelu"
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def _scalars(self):
+        return (self.approximate == "tanh",)
+
+    def __repr__(self):
+        return f"GELU(approximate={self.approximate!r})"
+
+
+#: activation name -> class (the CLI and MLP look names up here)
+ACTIVATIONS = {
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "sigmoid": Sigmoid,
+    "tanh": Tanh,
+    "elu": ELU,
+    "gelu": GELU,
+}
+
+
+# --------------------------------------------------------------------------------------- losses
+
+
+class _Loss:
+    """A loss: ``forward(pred, target) -> float`` (mean over the batch), ``backward() -> dpred``.
+
+    The gradient is computed in the same fused pass as the loss and kept in a reused buffer.
+
+    Parameters
+    ----------
+    check_finite : bool, default False
+        Raise ValueError when the predictions hold NaN or infinity (before anything else runs).
+    """
+
+    def __init__(self, check_finite=False):
+        self.check_finite = bool(check_finite)
+        self._buf = _Buffers()
+        self._grad = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def _scores(self, scores):
+        s = val.as_array(scores, "scores")
+        if s.ndim != 2:
+            raise ValueError(f"scores must be 2-D (N, C), got shape {s.shape}")
+        if s.shape[0] == 0:
+            raise ValueError("scores is an empty batch (N = 0): the mean loss is undefined")
+        s = val.as_float(s, "scores", val.compute_dtype(s))
+        if self.check_finite and not np.isfinite(s).all():
+            raise ValueError(f"{self!r}: scores contain NaN or infinity")
+        return s
+
+    def backward(self):
+        """dL/dpred from the last forward (a reused buffer)."""
+        if self._grad is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        return self._grad
+
+    def __call__(self, pred, target):
+        return self.forward(pred, target)
+
+
+class _ClassificationLoss(_Loss):
+    kernel = None
+
+    def forward(self, scores, y):
+        """Mean loss over the batch for scores (N, C) and integer labels y (N,) in [0, C)."""
+        s = self._scores(scores)
+        n, c = s.shape
+        labels = val.as_labels(y, "y", n, c)
+        grad = self._buf.get("grad", s.shape, s.dtype)
+        rows = self._buf.get("rows", (n,), np.float64)
+        loss = getattr(kernels(), self.kernel)(s, labels, grad, rows, 1.0 / n, threads_for(s.size))
+        self._grad = grad
+        return float(loss)
+
+
+class SoftmaxCrossEntropy(_ClassificationLoss):
+    """Softmax cross-entropy on logits (PyTorch's ``CrossEntropyLoss``), mean over the batch."""
+
+    kernel = "softmax_cross_entropy"
+
+
+class MulticlassHinge(_ClassificationLoss):
+    """Multiclass SVM hinge loss with margin 1 (CS231n ``svm_loss``), mean over the batch."""
+
+    kernel = "svm_hinge"
+
+
+class MSELoss(_Loss):
+    """Mean squared error over all elements (PyTorch's ``MSELoss``)."""
+
+    def forward(self, pred, target):
+        """``mean((pred - target)**2)`` for arrays of equal shape (N, D)."""
+        p = self._scores(pred)
+        t = val.as_array(target, "target")
+        if t.shape != p.shape:
+            raise ValueError(f"target must have the shape of pred {p.shape}, got {t.shape}")
+        t = val.as_float(t, "target", p.dtype)
+        grad = self._buf.get("grad", p.shape, p.dtype)
+        rows = self._buf.get("rows", (p.shape[0],), np.float64)
+        loss = kernels().mse(p, t, grad, rows, 1.0 / p.size, threads_for(p.size))
+        self._grad = grad
+        return float(loss)
+
+
+#: loss name -> class
+LOSSES = {"softmax": SoftmaxCrossEntropy, "svm": MulticlassHinge, "mse": MSELoss}
+
+
+# ----------------------------------------------------------------------------------- containers
+
+
+class Sequential(Module):
+    """A chain of layers.
+
+    Parameters
+    ----------
+    *layers : Module
+    criterion : loss, optional
+        The loss used by :meth:`loss` (the ``params`` / ``loss(X, y)`` protocol that
+        ``fastbp.gradcheck.check_model_gradients`` and the course tools use).
+    """
+
+    def __init__(self, *layers, criterion=None):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layer {i} is a {type(layer).__name__}, not a fastbp.nn.Module")
+        self.layers = list(layers)
+        self.criterion = criterion
+        self._fused_cache = {}
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"{type(self).__name__}(\n  {inner}\n)"
+
+    @property
+    def params(self):
+        """``{"<index>.<name>": array}``, live views of every layer's parameters."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in layer.params.items()}
+
+    @property
+    def grads(self):
+        """``{"<index>.<name>": array}``, the gradient buffers matching :attr:`params`."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in layer.grads.items()}
+
+    @property
+    def dtype(self):
+        for layer in self.layers:
+            if getattr(layer, "dtype", None) is not None:
+                return layer.dtype
+        return np.dtype(np.float64)
+
+    def forward(self, x):
+        """Run every layer in order; returns the last layer's output buffer."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout):
+        """Backpropagate `dout` through every layer; fills grads, returns dL/dinput."""
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def loss(self, X, y=None):
+        """Course protocol: scores when y is None, else ``(loss, grads)`` (grads copied)."""
+        if y is None:
+            return self.forward(X).copy()
+        if self.criterion is None:
+            raise ValueError("this Sequential has no criterion: pass criterion=... to build it")
+        value = self.criterion.forward(self.forward(X), y)
+        self.backward(self.criterion.backward())
+        return value, {k: g.copy() for k, g in self.grads.items()}
+
+    # ------------------------------------------------------------------ training and inference
+
+    def train_step(self, x, y, loss, optimizer):
+        """One step: forward, loss, backward and the optimizer update, in place.
+
+        Parameters
+        ----------
+        x : array_like (N, in_features)
+        y : array_like
+            Labels (N,) for classification losses, targets for ``MSELoss``.
+        loss : SoftmaxCrossEntropy, MulticlassHinge or MSELoss
+        optimizer : fastbp.optim optimizer (``SGD``, ``Adam``, ``RMSProp``)
+
+        Returns
+        -------
+        float
+            The loss before the update.
+
+        Notes
+        -----
+        Chains of ``Linear`` (+ one activation) layers take the fused path; anything else runs
+        forward, backward and ``optimizer.step`` (same result within float tolerance).  Inputs
+        are validated before any parameter changes.
+        """
+        plan = self._fusion_plan()
+        if plan is None:
+            value = loss.forward(self.forward(x), y)
+            self.backward(loss.backward())
+            optimizer.step(self.params, self.grads)
+            return value
+        from ._fused_step import fused_train_step
+
+        return fused_train_step(self, plan, x, y, loss, optimizer)
+
+    def _fusion_plan(self):
+        """The fused plan for the current layers (fastbp._fused_step.fusion_plan), cached."""
+        from ._fused_step import fusion_plan
+
+        key = tuple(map(id, self.layers))
+        if key not in self._fused_cache:
+            self._fused_cache = {key: fusion_plan(self.layers)}
+        return self._fused_cache[key]
+
+    def _batches(self, x, batch_size):
+        a = val.as_array(x, "x")
+        _positive_int(batch_size, "batch_size")
+        for start in range(0, a.shape[0], batch_size):
+            yield a[start:start + batch_size]
+
+    def predict_proba(self, x, batch_size=1024):
+        """Softmax probabilities of the outputs, (N, C), computed in batches."""
+        chunks = []
+        for xb in self._batches(x, batch_size):
+            z = self.forward(xb)
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            chunks.append(z / z.sum(axis=1, keepdims=True))
+        return np.concatenate(chunks) if chunks else np.empty((0, 0), self.dtype)
+
+    def predict(self, x, batch_size=1024):
+        """Predicted class (argmax of the outputs) per row, as int64, computed in batches."""
+        out = [self.forward(xb).argmax(axis=1) for xb in self._batches(x, batch_size)]
+        return np.concatenate(out) if out else np.empty(0, np.int64)
+
+    def evaluate(self, x, y, loss=None, batch_size=1024):
+        """``(mean loss, accuracy)`` over (x, y), in batches.
+
+        `loss` defaults to the criterion, else softmax cross-entropy.  Accuracy compares the
+        argmax of the outputs with integer labels (NaN for regression targets).
+        """
+        crit = loss or self.criterion or SoftmaxCrossEntropy()
+        a = val.as_array(x, "x")
+        t = np.asarray(y)
+        if t.shape[0] != a.shape[0]:
+            raise ValueError(f"x has {a.shape[0]} rows but y has {t.shape[0]}")
+        if a.shape[0] == 0:
+            raise ValueError("x is empty: nothing to evaluate")
+        total, correct = 0.0, 0
+        classify = t.ndim == 1 and t.dtype.kind in "iu"
+        for start in range(0, a.shape[0], batch_size):
+            xb, yb = a[start:start + batch_size], t[start:start + batch_size]
+            out = self.forward(xb)
+            total += crit.forward(out, yb) * len(xb)
+            if classify:
+                correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+        return total / a.shape[0], (correct / a.shape[0] if classify else float("nan"))
+
+
+class MLP(Sequential):
+    """A multilayer perceptron: ``Linear -> activation`` for each hidden size, then ``Linear``.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        ``[in_features, hidden_1, ..., n_outputs]`` (at least two entries).
+    activation : str, default "relu"
+        A key of :data:`ACTIVATIONS`.
+    loss : {"softmax", "svm", "mse"}, default "softmax"
+        The criterion used by :meth:`loss` and as the default in ``evaluate``.
+    bias, dtype, rng, init :
+        As for :class:`Linear` (one generator draws every layer's weights in order).
+    **activation_kwargs :
+        Passed to the activation (``alpha=``, ``approximate=``).
+    """
+
+    def __init__(self, sizes, activation="relu", loss="softmax", bias=True, dtype=np.float32,
+                 rng=None, init="he", **activation_kwargs):
+        sizes = [_positive_int(s, "sizes[i]") for s in sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"sizes needs at least input and output sizes, got {sizes}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        gen = _rng(rng)
+        layers = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(Linear(fan_in, fan_out, bias=bias, dtype=dtype, rng=gen, init=init))
+            if i < len(sizes) - 2:
+                layers.append(ACTIVATIONS[activation](**activation_kwargs))
+        super().__init__(*layers, criterion=LOSSES[loss]())
+        self.sizes = sizes
+        self.activation = activation

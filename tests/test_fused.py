@@ -1,0 +1,118 @@
+"""fastbp._kernels._fused against its NumPy twin and against the unfused kernels."""
+
+import numpy as np
+import pytest
+from helpers import DTYPES, THREADS, assert_close
+
+from fastbp import _kernels, reference
+from fastbp.reference import fused as ref_fused
+
+ACTS = [("identity", 0.0), ("relu", 0.0), ("leaky_relu", 0.1), ("sigmoid", 0.0), ("tanh", 0.0),
+        ("elu", 0.7), ("gelu", 0.0), ("gelu_tanh", 0.0)]
+SHAPES = [(1, 1, 1), (7, 5, 33), (33, 7, 300), (0, 3, 4), (5, 0, 3)]
+
+
+def test_activation_names_agree_with_the_reference():
+    from fastbp._kernels import _fused
+
+    assert _fused.ACTIVATION_CODES == ref_fused.ACTIVATION_CODES
+    assert _fused.DIFFERENTIATED_FROM_INPUT == ref_fused.DIFFERENTIATED_FROM_INPUT
+
+
+@pytest.mark.parametrize("act,alpha", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d,m", SHAPES)
+@pytest.mark.parametrize("threads", THREADS)
+def test_linear_act_forward(rng, act, alpha, dtype, n, d, m, threads):
+    x = rng.standard_normal((n, d)).astype(dtype)
+    w = rng.standard_normal((d, m)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    x.setflags(write=False)
+    got, exp = np.full((n, m), np.nan, dtype), np.empty((n, m), dtype)
+    pre_got, pre_exp = np.empty((n, m), dtype), np.empty((n, m), dtype)
+    _kernels.linear_act_forward(x, w, b, act, alpha, pre_got, got, threads)
+    reference.linear_act_forward(x, w, b, act, alpha, pre_exp, exp)
+    assert_close(got, exp, dtype, scale=10)
+    assert_close(pre_got, pre_exp, dtype, scale=10)
+    if act not in ("gelu", "gelu_tanh"):
+        no_pre = np.empty((n, m), dtype)
+        _kernels.linear_act_forward(x, w, None, act, alpha, None, no_pre, threads)
+        reference.linear_act_forward(x, w, None, act, alpha, None, exp)
+        assert_close(no_pre, exp, dtype, scale=10)
+
+
+@pytest.mark.parametrize("act,alpha", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m", [(1, 1), (7, 33), (65, 300), (0, 5)])
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("scale,beta", [(1.0, 0.0), (-0.1, 1.0)])
+def test_act_backward_bias(rng, act, alpha, dtype, n, m, threads, scale, beta):
+    z = rng.standard_normal((n, m)).astype(dtype)
+    saved = np.empty_like(z)
+    ref_fused._apply(act, alpha, z, saved)
+    if act in ("gelu", "gelu_tanh"):
+        saved = z
+    dout = rng.standard_normal((n, m)).astype(dtype)
+    db0 = rng.standard_normal(m).astype(dtype)
+    dz, db = np.empty_like(dout), db0.copy()
+    dz_exp, db_exp = np.empty_like(dout), db0.copy()
+    _kernels.act_backward_bias(dout, saved, act, alpha, dz, db, scale, beta, threads)
+    reference.act_backward_bias(dout, saved, act, alpha, dz_exp, db_exp, scale, beta)
+    assert_close(dz, dz_exp, dtype)
+    assert_close(db, db_exp, dtype, scale=10)
+    inplace = dout.copy()
+    _kernels.act_backward_bias(inplace, saved, act, alpha, inplace, None, 1.0, 0.0, threads)
+    assert_close(inplace, dz_exp, dtype)
+
+
+@pytest.mark.parametrize("act,elementwise,alpha", [
+    ("relu", "relu", ()), ("leaky_relu", "leaky_relu", (0.1,)), ("sigmoid", "sigmoid", ()),
+    ("tanh", "tanh", ()), ("elu", "elu", (0.7,)), ("gelu", "gelu", (False,)),
+    ("gelu_tanh", "gelu", (True,)),
+])
+def test_fused_derivative_matches_elementwise_backward(rng, act, elementwise, alpha):
+    """The output form of the fused backward equals the elementwise backward from the input."""
+    z = rng.standard_normal((9, 40))
+    z[0, :3] = [0.0, -0.0, 1e-300]
+    a = np.empty_like(z)
+    getattr(_kernels, elementwise + "_forward")(z.reshape(-1), a.reshape(-1), *alpha)
+    saved_by_elementwise = a if act in ("sigmoid", "tanh") else z
+    dout = rng.standard_normal(z.shape)
+    expected = np.empty_like(z)
+    getattr(_kernels, elementwise + "_backward")(dout.reshape(-1), saved_by_elementwise.reshape(-1),
+                                                 expected.reshape(-1), *alpha)
+    dz = np.empty_like(z)
+    saved = z if act.startswith("gelu") else a
+    _kernels.act_backward_bias(dout, saved, act, alpha[0] if alpha and act != "gelu_tanh"
+                               and act != "gelu" else 0.0, dz, None)
+    assert_close(dz, expected, np.float64)
+
+
+def test_db_identical_across_thread_counts(rng):
+    dout = rng.standard_normal((500, 700)).astype(np.float32)
+    saved = rng.standard_normal((500, 700)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 4):
+        db = np.empty(700, np.float32)
+        _kernels.act_backward_bias(dout, saved, "relu", 0.0, np.empty_like(dout), db, 1.0, 0.0,
+                                   threads)
+        results.append(db)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+@pytest.mark.parametrize("fn", [_kernels.linear_act_forward, reference.linear_act_forward])
+def test_bad_arguments(fn):
+    x, w = np.ones((2, 3)), np.ones((3, 4))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        fn(x, w, None, "swish", 0.0, None, np.empty((2, 4)))
+    with pytest.raises(ValueError, match="needs `pre`"):
+        fn(x, w, None, "gelu", 0.0, None, np.empty((2, 4)))
+    if fn is _kernels.linear_act_forward:
+        with pytest.raises(ValueError, match="out has shape"):
+            fn(x, w, None, "relu", 0.0, None, np.empty((2, 5)))
+        with pytest.raises(ValueError, match="b has length"):
+            fn(x, w, np.ones(3), "relu", 0.0, None, np.empty((2, 4)))
+        with pytest.raises(ValueError, match="saved has shape"):
+            _kernels.act_backward_bias(np.ones((2, 3)), np.ones((2, 2)), "relu", 0.0,
+                                       np.ones((2, 3)), None)
