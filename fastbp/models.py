@@ -154,8 +154,9 @@ class TwoLayerNet:
         loss += 0.5 * self.reg * _l2(p, ("W1", "W2"))
         dhidden, dW2, db2 = affine_backward(dscores, scores_cache)
         _, dW1, db1 = affine_relu_backward(dhidden, hidden_cache)
-        dW1 += self.reg * p["W1"]
-        dW2 += self.reg * p["W2"]
+        if self.reg:
+            dW1 += self.reg * p["W1"]
+            dW2 += self.reg * p["W2"]
         return loss, {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
 
 
@@ -310,8 +311,9 @@ class FullyConnectedNet:
             if drop_cache is not None:
                 dout = dropout_backward(dout, drop_cache)
             dout, grads[f"W{layer}"], grads[f"b{layer}"] = affine_relu_backward(dout, cache)
-        for name in weights:
-            grads[name] += self.reg * p[name]
+        if self.reg:
+            for name in weights:
+                grads[name] += self.reg * p[name]
         return loss, grads
 
 
