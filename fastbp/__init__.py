@@ -7,7 +7,7 @@ that ships with it (``fastbp.reference``; ``fastbp.set_backend("numpy" | "checke
 
 __version__ = "0.1.0"
 
-from . import layers
+from . import layers, nn, optim
 from ._config import get_num_threads, set_num_threads, show_config
 from ._kernels import openmp_enabled
 from .backend import CheckError, get_backend, set_backend, use_backend
@@ -17,6 +17,8 @@ __all__ = [
     "get_backend",
     "get_num_threads",
     "layers",
+    "nn",
+    "optim",
     "openmp_enabled",
     "set_backend",
     "set_num_threads",

@@ -84,14 +84,19 @@ def _index(flat, shape):
     return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
 
 
-def compare(kernel, output, got, expected):
-    """Raise CheckError unless `got` matches `expected` within TOLERANCE of their dtype."""
+def compare(kernel, output, got, expected, dtype=None):
+    """Raise CheckError unless `got` matches `expected` within TOLERANCE of `dtype`.
+
+    `dtype` is the precision the kernel computed in (default: that of the arrays); a float64
+    scratch output of a float32 kernel is held to the float32 tolerance.
+    """
     got = np.asarray(got)
     expected = np.asarray(expected)
     where = f"{kernel}: output {output!r}"
     if got.shape != expected.shape:
         raise CheckError(f"{where} has shape {got.shape}, reference {expected.shape}")
-    rtol, atol = TOLERANCE.get(np.result_type(got, expected), TOLERANCE[np.dtype(np.float64)])
+    dtype = np.dtype(dtype) if dtype is not None else np.result_type(got, expected)
+    rtol, atol = TOLERANCE.get(dtype, TOLERANCE[np.dtype(np.float64)])
     nan_got, nan_exp = np.isnan(got), np.isnan(expected)
     if not np.array_equal(nan_got, nan_exp):
         idx = _index(np.argmax(nan_got != nan_exp), got.shape)
@@ -119,9 +124,17 @@ def compare(kernel, output, got, expected):
         )
 
 
-def _snapshot(value):
+def _compute_dtype(values):
+    """float32 when any floating array argument is float32, else float64."""
+    floats = {v.dtype for v in values if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+    return np.dtype(np.float32) if np.dtype(np.float32) in floats else np.dtype(np.float64)
+
+
+def _snapshot(value, memo):
     if isinstance(value, np.ndarray) and value.flags.writeable:
-        return value.copy()
+        if id(value) not in memo:
+            memo[id(value)] = value.copy()
+        return memo[id(value)]
     return value
 
 
@@ -135,17 +148,19 @@ def _checked_kernel(name):
 
     def run(*args, **kwargs):
         fast, slow = getattr(_kernels, name), getattr(reference, name)
-        before_args = [_snapshot(a) for a in args]
-        before_kwargs = {k: _snapshot(v) for k, v in kwargs.items()}
+        memo = {}  # one copy per distinct buffer, so in-place calls (dz = dout) stay in place
+        before_args = [_snapshot(a, memo) for a in args]
+        before_kwargs = {k: _snapshot(v, memo) for k, v in kwargs.items()}
         result = fast(*args, **kwargs)
         expected = slow(*before_args, **before_kwargs)
         written = [(params[i], a, before_args[i]) for i, a in enumerate(args)]
         written += [(k, v, before_kwargs[k]) for k, v in kwargs.items()]
+        dtype = _compute_dtype(a for _, a, _ in written)
         for arg_name, got, exp in written:
             if isinstance(got, np.ndarray) and got.flags.writeable:
-                compare(name, arg_name, got, exp)
+                compare(name, arg_name, got, exp, dtype)
         if result is not None:
-            compare(name, "return value", result, expected)
+            compare(name, "return value", result, expected, dtype)
         return result
 
     run.__name__ = run.__qualname__ = name

@@ -134,13 +134,18 @@ def affine_backward(dout, cache):
 # activations: elementwise kernels over the raveled array
 
 
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _forward(kernel, x, *scalars):
-    a = as_array(x, "x")
-    dtype = compute_dtype(a)
-    xc = as_float(a, "x", dtype)
-    out = np.empty(a.shape, dtype)
-    getattr(kernels(), kernel)(xc.reshape(-1), out.reshape(-1), *scalars, threads_for(a.size))
-    return a, out
+    if type(x) is np.ndarray and x.dtype in _NATIVE and x.flags.c_contiguous:
+        a = xc = x  # the common case, checked cheaply: tiny calls are dominated by overhead
+    else:
+        a = as_array(x, "x")
+        xc = as_float(a, "x", compute_dtype(a))
+    out = np.empty(a.size, xc.dtype)
+    getattr(kernels(), kernel)(xc.reshape(-1), out, *scalars, threads_for(a.size))
+    return a, out.reshape(a.shape)
 
 
 def _backward(kernel, dout, saved, saved_name, *scalars):

@@ -71,7 +71,8 @@ def test_whole_model_gradients_finite_differences(act, loss, bias):
     x = gen.standard_normal((4, 5))
     y = gen.standard_normal((4, 6)) if loss == "mse" else gen.integers(0, 6, 4)
     report = check_model_gradients(model, x, y, h=1e-6)
-    assert report.ok(1e-6), str(report)
+    for entry in report:  # relative error, unless the gradient entry itself is ~0
+        assert entry.max_rel_error < 1e-6 or entry.max_abs_error < 1e-9, str(report)
 
 
 def _unfused_step(model, x, y, loss, opt):

@@ -16,6 +16,8 @@ d. Not done: integer overflow of dimensions beyond 2**31 - 1 is rejected by the 
 from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+__all__ = ["gemm"]
+
 cdef int INT_MAX = 2147483647
 
 

@@ -26,6 +26,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport uint64_t
 
+__all__ = ["dropout_forward", "dropout_backward"]
+
 cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15ULL   # 2**64 / golden ratio: the splitmix64 increment
 
 

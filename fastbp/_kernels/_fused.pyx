@@ -33,6 +33,8 @@ from ._activation_math cimport (
 )
 from ._blas cimport gemm_rm
 
+__all__ = ["linear_act_forward", "act_backward_bias"]
+
 cdef enum Act:
     IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, ELU, GELU, GELU_TANH
 

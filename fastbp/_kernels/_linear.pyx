@@ -23,6 +23,8 @@ from cython.parallel cimport prange
 
 from ._blas cimport gemm_rm
 
+__all__ = ["linear_forward", "linear_backward"]
+
 cdef Py_ssize_t COL_BLOCK = 256  # columns per task in the bias-gradient reduction
 
 

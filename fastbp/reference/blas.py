@@ -2,6 +2,8 @@
 
 import numpy as np
 
+__all__ = ["gemm"]
+
 
 def gemm(trans_a, trans_b, alpha, a, b, beta, c):
     """C := alpha * op(A) @ op(B) + beta * C, in place (beta = 0: C is not read)."""

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+__all__ = ["dropout_forward", "dropout_backward"]
+
 _M64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15  # the splitmix64 increment
 

@@ -5,6 +5,8 @@ import numpy as np
 from .activations import gelu_backward, gelu_forward, elu_forward, leaky_relu_forward
 from .activations import relu_forward, sigmoid_forward, tanh_forward
 
+__all__ = ["linear_act_forward", "act_backward_bias"]
+
 ACTIVATION_CODES = {
     "identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4, "elu": 5, "gelu": 6,
     "gelu_tanh": 7,

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+__all__ = ["linear_forward", "linear_backward"]
+
 
 def linear_forward(x, w, b, out, n_threads=1):
     """out := x @ w + b   (b may be None)."""

@@ -1,0 +1,246 @@
+# cython: language_level=3
+"""Optimizer updates, in place, one fused pass per parameter array: SGD (plain, CS231n momentum,
+PyTorch momentum / Nesterov), RMSProp and Adam.
+
+Design
+------
+a. Layout and ownership: every buffer is a 1-D C-contiguous ``floating[::1]`` (float32 or
+   float64, one dtype per call); callers ravel their parameter arrays (``reshape(-1)`` of a
+   C-contiguous array is a view, so the update lands in the caller's array).  The parameter w
+   and the optimizer state (v, cache, m, ...) are read and written IN PLACE; the gradient dw is
+   ``const`` (read-only arrays work).  Nothing here allocates: the Python layer (fastbp.optim)
+   owns the state arrays and creates them once per parameter.
+b. One pass: each kernel reads w, dw and its state once and writes w and the state once, in one
+   loop, so a step is a single sweep over memory (NumPy's course formulas make 4-12 temporaries
+   and as many passes).  An optimizer step is memory-bound: passes, not flops, set its speed.
+c. Parallel axis: the flat array is cut into BLOCK-element blocks shared out by
+   ``prange(schedule="static")``; each block runs a plain loop the compiler vectorises (sqrt
+   included: setup.py passes -fno-math-errno, so sqrt needs no errno path).  Each element is
+   computed by the same expression whatever the thread count, so results are bitwise identical
+   for any n_threads.
+d. Branches out of loops: weight decay is decided once per block, in ``_decayed``.  With
+   weight_decay == 0 the update loop reads dw directly; otherwise the block's g = dw + wd*w is
+   formed first in a BLOCK-element stack buffer (it stays in L1) and the update loop reads that.
+   So each update rule is written once and no loop tests a flag per element; Nesterov selects
+   one of two update loops the same way.
+e. Numerics: scalars arrive as double and are rounded once to the array's dtype, so float32
+   updates compute in float32, as NumPy does with Python-float hyper-parameters (NEP 50), and
+   products keep the course's grouping ((1 - rho) * (g*g), (lr*g) / (...)).  Adam's bias
+   corrections 1 - beta^t are computed once per call, in double.  Its loop uses PyTorch's
+   algebraically equal form  w -= (lr / (1 - b1^t)) * m / (sqrt(v) * (1 / sqrt(1 - b2^t)) + eps)
+   (one division per element instead of three), which keeps epsilon OUTSIDE the square root and
+   after the bias correction, as in the CS231n / CS182 rule; it agrees with the literal course
+   formula (fastbp.reference.adam_step) to a few ulps.
+f. Not done here: hyper-parameter range checks (fastbp.optim validates them before any kernel
+   runs).  The kernels check lengths, t >= 1 and n_threads >= 1, raising ValueError before
+   touching memory.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport pow, sqrt, sqrtf
+
+__all__ = ["sgd_step", "sgd_momentum_step", "momentum_step", "rmsprop_step", "adam_step"]
+
+cdef enum:
+    BLOCK = 2048  # elements per parallel task, and the size of the weight-decay scratch buffer
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline const floating *_decayed(const floating *w, const floating *dw, floating wd,
+                                     floating *buf, Py_ssize_t n) noexcept nogil:
+    """The block's gradient with L2 weight decay: dw itself when wd == 0, else buf := dw + wd*w."""
+    cdef Py_ssize_t i
+    if wd == 0:
+        return dw
+    for i in range(n):
+        buf[i] = dw[i] + wd * w[i]
+    return buf
+
+
+# --------------------------------------------------------------------------------------------
+# per-block update loops (n <= BLOCK elements starting at the given pointers)
+
+cdef void _sgd_block(floating *w, const floating *dw, Py_ssize_t n,
+                     floating lr, floating wd) noexcept nogil:
+    cdef floating buf[BLOCK]
+    cdef const floating *g = _decayed(w, dw, wd, buf, n)
+    cdef Py_ssize_t i
+    for i in range(n):
+        w[i] = w[i] - lr * g[i]
+
+
+cdef void _sgd_momentum_block(floating *w, const floating *dw, floating *v, Py_ssize_t n,
+                              floating lr, floating mu) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        v[i] = mu * v[i] - lr * dw[i]
+        w[i] = w[i] + v[i]
+
+
+cdef void _momentum_block(floating *w, const floating *dw, floating *v, Py_ssize_t n,
+                          floating lr, floating mu, floating wd, bint nesterov) noexcept nogil:
+    cdef floating buf[BLOCK]
+    cdef const floating *g = _decayed(w, dw, wd, buf, n)
+    cdef Py_ssize_t i
+    if nesterov:
+        for i in range(n):
+            v[i] = mu * v[i] + g[i]
+            w[i] = w[i] - lr * (g[i] + mu * v[i])
+    else:
+        for i in range(n):
+            v[i] = mu * v[i] + g[i]
+            w[i] = w[i] - lr * v[i]
+
+
+cdef void _rmsprop_block(floating *w, const floating *dw, floating *cache, Py_ssize_t n,
+                         floating lr, floating rho, floating one_minus_rho, floating eps,
+                         floating wd) noexcept nogil:
+    cdef floating buf[BLOCK]
+    cdef const floating *g = _decayed(w, dw, wd, buf, n)
+    cdef Py_ssize_t i
+    for i in range(n):
+        cache[i] = rho * cache[i] + one_minus_rho * (g[i] * g[i])
+        w[i] = w[i] - lr * g[i] / (_sqrt(cache[i]) + eps)
+
+
+cdef void _adam_block(floating *w, const floating *dw, floating *m, floating *v, Py_ssize_t n,
+                      floating step_size, floating b1, floating one_minus_b1, floating b2,
+                      floating one_minus_b2, floating inv_sqrt_bc2, floating eps,
+                      floating wd) noexcept nogil:
+    cdef floating buf[BLOCK]
+    cdef const floating *g = _decayed(w, dw, wd, buf, n)
+    cdef Py_ssize_t i
+    for i in range(n):
+        m[i] = b1 * m[i] + one_minus_b1 * g[i]
+        v[i] = b2 * v[i] + one_minus_b2 * (g[i] * g[i])
+        w[i] = w[i] - step_size * m[i] / (_sqrt(v[i]) * inv_sqrt_bc2 + eps)
+
+
+# --------------------------------------------------------------------------------------------
+# checks (with the GIL, before any memory is touched)
+
+cdef inline Py_ssize_t _n_blocks(Py_ssize_t n) noexcept nogil:
+    return (n + BLOCK - 1) // BLOCK
+
+
+cdef int _check_length(str kernel, str name, Py_ssize_t got, Py_ssize_t n) except -1:
+    if got != n:
+        raise ValueError(f"{kernel}: {name} has length {got}, expected {n} (the length of w)")
+    return 0
+
+
+cdef int _check_threads(str kernel, int n_threads) except -1:
+    if n_threads < 1:
+        raise ValueError(f"{kernel}: n_threads must be >= 1, got {n_threads}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+
+def sgd_step(floating[::1] w not None, const floating[::1] dw not None, double lr,
+             double weight_decay, int n_threads=1):
+    """w := w - lr * (dw + weight_decay * w), in place  (all 1-D, same length and dtype).
+
+    With weight_decay == 0 this is exactly the course rule w -= lr * dw.
+    """
+    cdef Py_ssize_t n = w.shape[0], blk, start
+    _check_length("sgd_step", "dw", dw.shape[0], n)
+    _check_threads("sgd_step", n_threads)
+    cdef floating lr_ = <floating>lr, wd_ = <floating>weight_decay
+    with nogil:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            start = blk * BLOCK
+            _sgd_block(&w[start], &dw[start], min(<Py_ssize_t>BLOCK, n - start), lr_, wd_)
+
+
+def sgd_momentum_step(floating[::1] w not None, const floating[::1] dw not None,
+                      floating[::1] v not None, double lr, double momentum, int n_threads=1):
+    """CS231n momentum, in place: v := momentum * v - lr * dw;  w := w + v."""
+    cdef Py_ssize_t n = w.shape[0], blk, start
+    _check_length("sgd_momentum_step", "dw", dw.shape[0], n)
+    _check_length("sgd_momentum_step", "v", v.shape[0], n)
+    _check_threads("sgd_momentum_step", n_threads)
+    cdef floating lr_ = <floating>lr, mu = <floating>momentum
+    with nogil:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            start = blk * BLOCK
+            _sgd_momentum_block(&w[start], &dw[start], &v[start],
+                                min(<Py_ssize_t>BLOCK, n - start), lr_, mu)
+
+
+def momentum_step(floating[::1] w not None, const floating[::1] dw not None,
+                  floating[::1] v not None, double lr, double momentum, double weight_decay,
+                  bint nesterov, int n_threads=1):
+    """PyTorch SGD momentum (dampening 0), in place.
+
+    g := dw + weight_decay * w;  v := momentum * v + g;
+    w := w - lr * (g + momentum * v)  if nesterov  else  w - lr * v.
+    """
+    cdef Py_ssize_t n = w.shape[0], blk, start
+    _check_length("momentum_step", "dw", dw.shape[0], n)
+    _check_length("momentum_step", "v", v.shape[0], n)
+    _check_threads("momentum_step", n_threads)
+    cdef floating lr_ = <floating>lr, mu = <floating>momentum, wd_ = <floating>weight_decay
+    with nogil:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            start = blk * BLOCK
+            _momentum_block(&w[start], &dw[start], &v[start], min(<Py_ssize_t>BLOCK, n - start),
+                            lr_, mu, wd_, nesterov)
+
+
+def rmsprop_step(floating[::1] w not None, const floating[::1] dw not None,
+                 floating[::1] cache not None, double lr, double decay_rate, double eps,
+                 double weight_decay, int n_threads=1):
+    """RMSProp, in place: g := dw + weight_decay * w;
+    cache := decay_rate * cache + (1 - decay_rate) * g**2;  w := w - lr * g / (sqrt(cache) + eps).
+    """
+    cdef Py_ssize_t n = w.shape[0], blk, start
+    _check_length("rmsprop_step", "dw", dw.shape[0], n)
+    _check_length("rmsprop_step", "cache", cache.shape[0], n)
+    _check_threads("rmsprop_step", n_threads)
+    cdef floating lr_ = <floating>lr, rho = <floating>decay_rate
+    cdef floating one_minus_rho = <floating>(1.0 - decay_rate)
+    cdef floating eps_ = <floating>eps, wd_ = <floating>weight_decay
+    with nogil:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            start = blk * BLOCK
+            _rmsprop_block(&w[start], &dw[start], &cache[start],
+                           min(<Py_ssize_t>BLOCK, n - start), lr_, rho, one_minus_rho, eps_, wd_)
+
+
+def adam_step(floating[::1] w not None, const floating[::1] dw not None,
+              floating[::1] m not None, floating[::1] v not None, double lr, double beta1,
+              double beta2, double eps, Py_ssize_t t, double weight_decay, int n_threads=1):
+    """Adam (L2 weight decay, not AdamW), in place; t is the step number, already incremented.
+
+    g := dw + weight_decay * w;  m := beta1 * m + (1 - beta1) * g;
+    v := beta2 * v + (1 - beta2) * g**2;
+    w := w - lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps).
+    """
+    cdef Py_ssize_t n = w.shape[0], blk, start
+    _check_length("adam_step", "dw", dw.shape[0], n)
+    _check_length("adam_step", "m", m.shape[0], n)
+    _check_length("adam_step", "v", v.shape[0], n)
+    _check_threads("adam_step", n_threads)
+    if t < 1:
+        raise ValueError(f"adam_step: t must be >= 1 (the step number, already incremented), "
+                         f"got {t}")
+    # bias corrections once per call, in double (design note e)
+    cdef floating step_size = <floating>(lr / (1.0 - pow(beta1, <double>t)))
+    cdef floating inv_sqrt_bc2 = <floating>(1.0 / sqrt(1.0 - pow(beta2, <double>t)))
+    cdef floating b1 = <floating>beta1, one_minus_b1 = <floating>(1.0 - beta1)
+    cdef floating b2 = <floating>beta2, one_minus_b2 = <floating>(1.0 - beta2)
+    cdef floating eps_ = <floating>eps, wd_ = <floating>weight_decay
+    with nogil:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            start = blk * BLOCK
+            _adam_block(&w[start], &dw[start], &m[start], &v[start],
+                        min(<Py_ssize_t>BLOCK, n - start), step_size, b1, one_minus_b1, b2,
+                        one_minus_b2, inv_sqrt_bc2, eps_, wd_)

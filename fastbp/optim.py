@@ -1,0 +1,822 @@
+"""Update rules and optimizers: the drop-in for CS231n / CS182 ``optim.py``, and optimizer
+classes for :mod:`fastbp.nn`.
+
+Course rules
+------------
+``rule(w, dw, config=None) -> (next_w, config)``, with the course's defaults written into
+`config` (the same dict is returned; ``None`` makes a new one).  Who is modified follows the
+course code exactly:
+
+==========================  ===========================  ============================
+rule                        w                            state in config
+==========================  ===========================  ============================
+:func:`sgd`                 updated IN PLACE, returned   none
+:func:`sgd_momentum`        untouched; next_w is new     new ``velocity``
+:func:`sgd_momentum_torch`  untouched; next_w is new     new ``momentum_buffer``
+:func:`rmsprop`             untouched; next_w is new     new ``cache``
+:func:`adam`                untouched; next_w is new     new ``m``, ``v``; ``t`` += 1
+==========================  ===========================  ============================
+
+State arrays already in `config` are never written: the rule stores fresh arrays, as the
+course's ``v = mu * v - lr * dw; config["velocity"] = v`` does.  They are kept in w's dtype
+(float32 stays float32).
+
+Optimizer classes
+-----------------
+:class:`SGD`, :class:`Adam` and :class:`RMSProp` take PyTorch's hyper-parameter names and
+semantics and update a dict of parameters IN PLACE from a dict of gradients:
+``opt.step(params, grads)``.  Per-parameter state is created lazily on the first step.
+
+Validation happens before anything is written: a bad hyper-parameter, shape, dtype, key or state
+raises ValueError/TypeError (naming it) and leaves w, the parameters, `config` and the optimizer
+state unchanged.  Every update is one fused kernel pass per parameter array
+(``fastbp._kernels._optim``), taken from the backend in force (:func:`fastbp.set_backend`), so
+``"numpy"`` and ``"checked"`` apply here too.
+"""
+
+import math
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._config import threads_for
+from .backend import kernels
+
+__all__ = [
+    "sgd",
+    "sgd_momentum",
+    "sgd_momentum_torch",
+    "rmsprop",
+    "adam",
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "RMSProp",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# scalar checks
+
+
+def _real(value, name):
+    """`value` as a finite float (TypeError for non-numbers and bools, ValueError if not finite)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _nonnegative(value, name):
+    value = _real(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _positive(value, name):
+    value = _real(value, name)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _fraction(value, name):
+    """A decay factor (momentum, beta, decay rate) in [0, 1)."""
+    value = _real(value, name)
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return value
+
+
+def _count(value, name):
+    """A step count: an integer >= 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer step count, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def _flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+# --------------------------------------------------------------------------------------------
+# course rules
+
+
+def _config(config):
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
+    return config
+
+
+def _float_param(w, name):
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(w).__name__}")
+    if w.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {w.dtype}")
+
+
+def _gradient(w, dw, w_name="w", dw_name="dw"):
+    """dw checked against w (same shape and dtype), as a C-contiguous array (a copy if needed)."""
+    if not isinstance(dw, np.ndarray):
+        raise TypeError(f"{dw_name} must be a numpy.ndarray, got {type(dw).__name__}")
+    if dw.dtype != w.dtype:
+        raise TypeError(f"{dw_name} has dtype {dw.dtype}, but {w_name} has dtype {w.dtype}")
+    if dw.shape != w.shape:
+        raise ValueError(f"{dw_name} has shape {dw.shape}, but {w_name} has shape {w.shape}")
+    return np.ascontiguousarray(dw)
+
+
+def _fresh_state(config, key, w):
+    """A new C-contiguous array for config[key] in w's dtype: a copy of it, or zeros if absent."""
+    if key not in config:
+        return np.zeros(w.shape, w.dtype)
+    s = config[key]
+    if not isinstance(s, np.ndarray):
+        raise TypeError(f"config[{key!r}] must be a numpy.ndarray, got {type(s).__name__}")
+    if s.dtype.kind not in "fiu":
+        raise TypeError(f"config[{key!r}] must hold real numbers, got dtype {s.dtype}")
+    if s.shape != w.shape:
+        raise ValueError(f"config[{key!r}] has shape {s.shape}, but w has shape {w.shape}")
+    return np.array(s, dtype=w.dtype, order="C", copy=True)
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+def sgd(w, dw, config=None):
+    """Vanilla stochastic gradient descent, in place: ``w -= learning_rate * dw``.
+
+    Parameters
+    ----------
+    w : ndarray, float32 or float64
+        Weights, any shape and layout; must be writeable.  Updated IN PLACE (as the course's
+        ``w -= ...``) and returned.
+    dw : ndarray
+        Gradient, same shape and dtype as w (read-only and non-contiguous arrays are fine).
+    config : dict, optional
+        ``learning_rate`` (default 1e-2); the default is written into the dict.
+
+    Returns
+    -------
+    next_w : ndarray
+        w itself, updated.
+    config : dict
+        The same dict (a new one if None was given).
+
+    Raises
+    ------
+    TypeError
+        For a non-ndarray or non-float w, a dw of another dtype, a non-dict config or a
+        non-numeric learning rate.
+    ValueError
+        For mismatched shapes, a read-only w, or a negative or non-finite learning_rate.
+    """
+    config = _config(config)
+    lr = _nonnegative(config.get("learning_rate", 1e-2), "learning_rate")
+    _float_param(w, "w")
+    g = _gradient(w, dw)
+    if not w.flags.writeable:
+        raise ValueError("w is read-only, but sgd updates it in place")
+    config.setdefault("learning_rate", 1e-2)
+    work = w if w.flags.c_contiguous else np.ascontiguousarray(w)
+    kernels().sgd_step(_flat(work), _flat(g), lr, 0.0, threads_for(w.size))
+    if work is not w:
+        w[...] = work
+    return w, config
+
+
+def sgd_momentum(w, dw, config=None):
+    """Stochastic gradient descent with momentum, the CS231n convention.
+
+    ``v = momentum * v - learning_rate * dw;  next_w = w + v``.
+
+    Parameters
+    ----------
+    w : ndarray, float32 or float64
+        Weights (not modified).
+    dw : ndarray
+        Gradient, same shape and dtype as w.
+    config : dict, optional
+        ``learning_rate`` (default 1e-2), ``momentum`` in [0, 1) (default 0.9), ``velocity``
+        (same shape as w; default zeros).  Defaults are written into the dict.
+
+    Returns
+    -------
+    next_w : ndarray
+        A new C-contiguous array of w's dtype.
+    config : dict
+        The same dict, with ``config["velocity"]`` a NEW array (the old one is not written).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`sgd` (w need not be writeable); also ValueError for a momentum outside
+        [0, 1) and a velocity of the wrong shape, TypeError for a non-numeric velocity.
+    """
+    config = _config(config)
+    lr = _nonnegative(config.get("learning_rate", 1e-2), "learning_rate")
+    mu = _fraction(config.get("momentum", 0.9), "momentum")
+    _float_param(w, "w")
+    g = _gradient(w, dw)
+    v = _fresh_state(config, "velocity", w)
+    next_w = np.array(w, order="C", copy=True)
+    kernels().sgd_momentum_step(_flat(next_w), _flat(g), _flat(v), lr, mu, threads_for(w.size))
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("momentum", 0.9)
+    config["velocity"] = v
+    return next_w, config
+
+
+def sgd_momentum_torch(w, dw, config=None):
+    """Stochastic gradient descent with momentum, the PyTorch convention (dampening 0).
+
+    ``b = momentum * b + dw;  next_w = w - learning_rate * b``.  For a constant learning rate
+    this is :func:`sgd_momentum` with the velocity rescaled (``v = -learning_rate * b``); the
+    two differ once the learning rate changes between steps.
+
+    Parameters
+    ----------
+    w : ndarray, float32 or float64
+        Weights (not modified).
+    dw : ndarray
+        Gradient, same shape and dtype as w.
+    config : dict, optional
+        ``learning_rate`` (default 1e-2), ``momentum`` in [0, 1) (default 0.9),
+        ``momentum_buffer`` (PyTorch's name for b; same shape as w; default zeros).  Defaults
+        are written into the dict.
+
+    Returns
+    -------
+    next_w : ndarray
+        A new C-contiguous array of w's dtype.
+    config : dict
+        The same dict, with ``config["momentum_buffer"]`` a NEW array.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`sgd_momentum`.
+    """
+    config = _config(config)
+    lr = _nonnegative(config.get("learning_rate", 1e-2), "learning_rate")
+    mu = _fraction(config.get("momentum", 0.9), "momentum")
+    _float_param(w, "w")
+    g = _gradient(w, dw)
+    b = _fresh_state(config, "momentum_buffer", w)
+    next_w = np.array(w, order="C", copy=True)
+    kernels().momentum_step(_flat(next_w), _flat(g), _flat(b), lr, mu, 0.0, False,
+                            threads_for(w.size))
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("momentum", 0.9)
+    config["momentum_buffer"] = b
+    return next_w, config
+
+
+def rmsprop(w, dw, config=None):
+    """RMSProp: a moving average of squared gradients sets a per-weight learning rate.
+
+    ``cache = decay_rate * cache + (1 - decay_rate) * dw**2;
+    next_w = w - learning_rate * dw / (sqrt(cache) + epsilon)``.
+
+    Parameters
+    ----------
+    w : ndarray, float32 or float64
+        Weights (not modified).
+    dw : ndarray
+        Gradient, same shape and dtype as w.
+    config : dict, optional
+        ``learning_rate`` (default 1e-2), ``decay_rate`` in [0, 1) (default 0.99), ``epsilon``
+        > 0 (default 1e-8), ``cache`` (same shape as w; default zeros).  Defaults are written
+        into the dict.
+
+    Returns
+    -------
+    next_w : ndarray
+        A new C-contiguous array of w's dtype.
+    config : dict
+        The same dict, with ``config["cache"]`` a NEW array.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`sgd_momentum`, with ValueError for a decay_rate outside [0, 1) or an
+        epsilon <= 0 (or non-finite).
+    """
+    config = _config(config)
+    lr = _nonnegative(config.get("learning_rate", 1e-2), "learning_rate")
+    rho = _fraction(config.get("decay_rate", 0.99), "decay_rate")
+    eps = _positive(config.get("epsilon", 1e-8), "epsilon")
+    _float_param(w, "w")
+    g = _gradient(w, dw)
+    cache = _fresh_state(config, "cache", w)
+    next_w = np.array(w, order="C", copy=True)
+    kernels().rmsprop_step(_flat(next_w), _flat(g), _flat(cache), lr, rho, eps, 0.0,
+                           threads_for(w.size))
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("decay_rate", 0.99)
+    config.setdefault("epsilon", 1e-8)
+    config["cache"] = cache
+    return next_w, config
+
+
+def adam(w, dw, config=None):
+    """Adam, with bias correction; ``t`` is incremented BEFORE it is used.
+
+    ``t += 1;  m = beta1 * m + (1 - beta1) * dw;  v = beta2 * v + (1 - beta2) * dw**2;
+    next_w = w - learning_rate * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + epsilon)``
+    -- epsilon outside the square root, as in the course.
+
+    Parameters
+    ----------
+    w : ndarray, float32 or float64
+        Weights (not modified).
+    dw : ndarray
+        Gradient, same shape and dtype as w.
+    config : dict, optional
+        ``learning_rate`` (default 1e-3), ``beta1`` and ``beta2`` in [0, 1) (defaults 0.9 and
+        0.999), ``epsilon`` > 0 (default 1e-8), ``m`` and ``v`` (same shape as w; default
+        zeros), ``t`` (an integer >= 0, the number of steps taken; default 0).  Defaults are
+        written into the dict.
+
+    Returns
+    -------
+    next_w : ndarray
+        A new C-contiguous array of w's dtype.
+    config : dict
+        The same dict, with ``config["m"]`` and ``config["v"]`` NEW arrays and ``config["t"]``
+        incremented.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`rmsprop`, with ValueError for betas outside [0, 1) or a negative t and
+        TypeError for a non-integer t.
+    """
+    config = _config(config)
+    lr = _nonnegative(config.get("learning_rate", 1e-3), "learning_rate")
+    beta1 = _fraction(config.get("beta1", 0.9), "beta1")
+    beta2 = _fraction(config.get("beta2", 0.999), "beta2")
+    eps = _positive(config.get("epsilon", 1e-8), "epsilon")
+    t = _count(config.get("t", 0), "t") + 1
+    _float_param(w, "w")
+    g = _gradient(w, dw)
+    m = _fresh_state(config, "m", w)
+    v = _fresh_state(config, "v", w)
+    next_w = np.array(w, order="C", copy=True)
+    kernels().adam_step(_flat(next_w), _flat(g), _flat(m), _flat(v), lr, beta1, beta2, eps, t,
+                        0.0, threads_for(w.size))
+    for key, default in (("learning_rate", 1e-3), ("beta1", 0.9), ("beta2", 0.999),
+                         ("epsilon", 1e-8)):
+        config.setdefault(key, default)
+    config["m"], config["v"], config["t"] = m, v, t
+    return next_w, config
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer classes
+
+
+class Optimizer:
+    """Base class of the optimizers: per-parameter state, validation, state_dict.
+
+    Subclasses name their hyper-parameters (``_hyper``), their per-parameter state arrays
+    (``_arrays``) and whether they count steps (``_counts_steps``), and implement
+    ``_validate`` (hyper-parameters -> checked dict), ``_arrays_needed`` and ``_update`` (one
+    kernel call on flat views).
+
+    Attributes
+    ----------
+    state : dict
+        Parameter name -> dict of that parameter's state (arrays of the parameter's shape and
+        dtype, and an int ``"step"`` where steps are counted).  Filled lazily by :meth:`step`.
+    """
+
+    _hyper = ()
+    _arrays = ()
+    _counts_steps = False
+
+    def __init__(self, **hyperparameters):
+        for name, value in self._validate(**hyperparameters).items():
+            setattr(self, name, value)
+        self.state = {}
+
+    # subclass hooks ------------------------------------------------------------------------
+
+    @classmethod
+    def _validate(cls, **hp):
+        raise NotImplementedError
+
+    def _arrays_needed(self, hp):
+        return self._arrays
+
+    def _update(self, w, g, state, hp, n_threads):
+        raise NotImplementedError
+
+    # public API ----------------------------------------------------------------------------
+
+    @property
+    def is_plain_sgd(self):
+        """True when a step is exactly ``w -= lr * dw`` with no state (read-only).
+
+        Only :class:`SGD` with ``momentum == 0`` and ``weight_decay == 0`` is.  A fused training
+        step may then fold the update into the weight-gradient GEMM, ``W := W - lr * X^T dY``
+        (BLAS beta = 1, alpha = -lr times the loss scale), and skip :meth:`step` for that
+        parameter; any other optimizer needs the gradient itself (and state) and must go
+        through :meth:`step`.
+        """
+        return False
+
+    def gemm_fold(self, name, param):
+        """How a fused step may fold this parameter's update into its gradient GEMM.
+
+        Returns ``(target, scale, beta, finish)``: the GEMM computes
+        ``target := scale * gradient + beta * target``, then ``finish()`` (if not None)
+        completes the update; or None when the update needs the gradient itself (then the
+        caller fills ``grads`` and calls :meth:`step`).  The base class folds nothing.
+        """
+        return None
+
+    def hyperparameters(self):
+        """The current hyper-parameters as a dict (name -> value), in constructor order."""
+        return {name: getattr(self, name) for name in self._hyper}
+
+    def step(self, params, grads):
+        """Update every parameter IN PLACE from its gradient (one fused kernel pass each).
+
+        Parameters
+        ----------
+        params : dict of str -> ndarray
+            C-contiguous, writeable float32/float64 arrays; updated in place.
+        grads : dict of str -> ndarray
+            The same keys; each gradient has its parameter's shape and dtype (read-only or
+            non-contiguous gradients are fine: they are copied to a contiguous buffer).
+
+        Raises
+        ------
+        TypeError
+            For non-mapping arguments, non-ndarray or non-float parameters, a gradient of
+            another dtype, or a non-numeric hyper-parameter.
+        ValueError
+            For mismatched keys or shapes, a non-contiguous or read-only parameter, a
+            hyper-parameter out of range (e.g. set on the instance since construction), or
+            existing state whose shape or dtype no longer matches its parameter (call
+            :meth:`reset` after changing the parameters).
+
+        Notes
+        -----
+        Everything -- hyper-parameters, every parameter and gradient, existing state -- is
+        checked before the first parameter is touched, so an error leaves all of it unchanged.
+        """
+        hp = self._validate(**self.hyperparameters())
+        work = self._checked(params, grads)
+        needed = self._arrays_needed(hp)
+        for name, p, g in work:
+            state = self.state.setdefault(name, {})
+            for key in needed:
+                if key not in state:
+                    state[key] = np.zeros(p.shape, p.dtype)
+            if self._counts_steps:
+                state.setdefault("step", 0)
+            self._update(_flat(p), _flat(g), state, hp, threads_for(p.size))
+
+    def _checked(self, params, grads):
+        """[(name, param, contiguous grad)] after checking everything; raises before any write."""
+        for arg, value in (("params", params), ("grads", grads)):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{arg} must be a dict of name -> ndarray, got "
+                                f"{type(value).__name__}")
+        missing = [k for k in params if k not in grads]
+        extra = [k for k in grads if k not in params]
+        if missing or extra:
+            raise ValueError(f"grads must have the same keys as params: missing {missing}, "
+                             f"unexpected {extra}")
+        work = []
+        for name, p in params.items():
+            _float_param(p, f"params[{name!r}]")
+            if not p.flags.c_contiguous:
+                raise ValueError(f"params[{name!r}] must be C-contiguous (it is updated in place "
+                                 "through a flat view)")
+            if not p.flags.writeable:
+                raise ValueError(f"params[{name!r}] is read-only")
+            g = _gradient(p, grads[name], f"params[{name!r}]", f"grads[{name!r}]")
+            for key, s in self.state.get(name, {}).items():
+                if not isinstance(s, np.ndarray):
+                    continue
+                if s.shape != p.shape or s.dtype != p.dtype:
+                    raise ValueError(
+                        f"state[{name!r}][{key!r}] is {s.dtype} {s.shape}, but params[{name!r}] "
+                        f"is {p.dtype} {p.shape}; call reset() after changing the parameters"
+                    )
+                if not (s.flags.c_contiguous and s.flags.writeable):
+                    raise ValueError(f"state[{name!r}][{key!r}] must be a C-contiguous, "
+                                     "writeable array (it is updated in place)")
+            work.append((name, p, g))
+        return work
+
+    def zero_state(self):
+        """Zero every state array in place and every step count (the arrays are kept).
+
+        The next step then behaves as the first one did; use :meth:`reset` instead when the
+        parameters change shape or dtype.
+        """
+        for state in self.state.values():
+            for key, value in state.items():
+                if isinstance(value, np.ndarray):
+                    value.fill(0)
+                else:
+                    state[key] = 0
+
+    def reset(self):
+        """Forget all per-parameter state; it is created afresh on the next :meth:`step`."""
+        self.state.clear()
+
+    def state_dict(self):
+        """A snapshot of the optimizer: plain dicts of numbers and (copied) arrays.
+
+        Returns
+        -------
+        dict
+            ``{"hyperparameters": {name: value}, "state": {param name: {key: ndarray or int}}}``.
+            The arrays are copies: later steps do not change a saved state_dict.
+        """
+        return {
+            "hyperparameters": self.hyperparameters(),
+            "state": {
+                name: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in s.items()}
+                for name, s in self.state.items()
+            },
+        }
+
+    def load_state_dict(self, state_dict):
+        """Restore hyper-parameters and state from :meth:`state_dict` output (arrays are copied).
+
+        Parameters
+        ----------
+        state_dict : dict
+            ``{"hyperparameters": {...}, "state": {...}}`` as :meth:`state_dict` returns, for an
+            optimizer of the same class.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For a malformed dict, hyper-parameters that are missing, unknown or out of range,
+            or state entries with unknown keys, non-float arrays, arrays of differing shapes
+            or dtypes, or a bad step count.  Nothing is changed then.
+        """
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"hyperparameters", "state"}:
+            raise ValueError("state_dict must be a dict with exactly the keys 'hyperparameters' "
+                             "and 'state'")
+        hyper, states = state_dict["hyperparameters"], state_dict["state"]
+        if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper):
+            got = list(hyper) if isinstance(hyper, Mapping) else type(hyper).__name__
+            raise ValueError(f"state_dict['hyperparameters'] must have exactly the keys "
+                             f"{list(self._hyper)}, got {got}")
+        hp = self._validate(**hyper)
+        if not isinstance(states, Mapping):
+            raise TypeError(f"state_dict['state'] must be a dict, got {type(states).__name__}")
+        loaded = {name: self._loaded_entry(name, entry) for name, entry in states.items()}
+        for name, value in hp.items():
+            setattr(self, name, value)
+        self.state = loaded
+
+    def _loaded_entry(self, name, entry):
+        where = f"state_dict['state'][{name!r}]"
+        # exactly what step() creates: every array (and the step count), or nothing at all
+        complete = set(self._arrays) | ({"step"} if self._counts_steps else set())
+        if not isinstance(entry, Mapping) or set(entry) not in (complete, set()):
+            raise ValueError(f"{where} must be a dict with the keys {sorted(complete)}, got "
+                             f"{sorted(entry) if isinstance(entry, Mapping) else entry!r}")
+        out, layout = {}, None
+        for key, value in entry.items():
+            if key == "step":
+                out[key] = _count(value, f"{where}['step']")
+                continue
+            _float_param(value, f"{where}[{key!r}]")
+            if layout is not None and (value.shape, value.dtype) != layout:
+                raise ValueError(f"{where}: the state arrays differ in shape or dtype")
+            layout = (value.shape, value.dtype)
+            out[key] = np.array(value, order="C", copy=True)
+        return out
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov and weight decay (PyTorch's
+    ``torch.optim.SGD`` with dampening 0).
+
+    ``g = dw + weight_decay * w;  b = momentum * b + g;
+    w -= lr * (g + momentum * b if nesterov else b)``, and plain ``w -= lr * g`` (no state) when
+    momentum is 0.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate, finite and >= 0.
+    momentum : float, default 0.0
+        In [0, 1).
+    weight_decay : float, default 0.0
+        L2 penalty coefficient, finite and >= 0 (added to the gradient).
+    nesterov : bool, default False
+        Nesterov momentum; requires momentum > 0.
+
+    Attributes
+    ----------
+    lr, momentum, weight_decay, nesterov
+        May be changed between steps (a schedule); :meth:`step` re-validates them.
+    state : dict
+        ``{name: {"momentum_buffer": ndarray}}`` once momentum is used.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For hyper-parameters of the wrong type or out of range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> params = {"W": np.ones((2, 2))}
+    >>> opt = SGD(lr=0.1, momentum=0.9)
+    >>> opt.step(params, {"W": np.full((2, 2), 0.5)})
+    >>> float(params["W"][0, 0])
+    0.95
+    """
+
+    _hyper = ("lr", "momentum", "weight_decay", "nesterov")
+    _arrays = ("momentum_buffer",)
+
+    def __init__(self, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+
+    @classmethod
+    def _validate(cls, lr, momentum, weight_decay, nesterov):
+        hp = {
+            "lr": _nonnegative(lr, "lr"),
+            "momentum": _fraction(momentum, "momentum"),
+            "weight_decay": _nonnegative(weight_decay, "weight_decay"),
+            "nesterov": _flag(nesterov, "nesterov"),
+        }
+        if hp["nesterov"] and hp["momentum"] == 0:
+            raise ValueError("nesterov requires momentum > 0")
+        return hp
+
+    @property
+    def is_plain_sgd(self):
+        """True when ``momentum == 0`` and ``weight_decay == 0`` (see :class:`Optimizer`)."""
+        return self.momentum == 0 and self.weight_decay == 0
+
+    def _arrays_needed(self, hp):
+        return self._arrays if hp["momentum"] else ()
+
+    def gemm_fold(self, name, param):
+        """Plain SGD: ``W := -lr * grad + W`` in the GEMM.  Heavy-ball momentum (no Nesterov,
+        no weight decay): ``b := grad + momentum * b`` in the GEMM, then ``W -= lr * b``.
+        Otherwise None (see :meth:`Optimizer.gemm_fold`)."""
+        hp = self._validate(**self.hyperparameters())
+        if hp["weight_decay"] != 0 or hp["nesterov"]:
+            return None
+        if hp["momentum"] == 0:
+            return param, -hp["lr"], 1.0, None
+        state = self.state.setdefault(name, {})
+        buf = state.get("momentum_buffer")
+        if buf is None or buf.shape != param.shape or buf.dtype != param.dtype:
+            buf = state["momentum_buffer"] = np.zeros(param.shape, param.dtype)
+        lr = hp["lr"]
+
+        def finish():
+            kernels().sgd_step(_flat(param), _flat(buf), lr, 0.0, threads_for(param.size))
+
+        return buf, 1.0, hp["momentum"], finish
+
+    def _update(self, w, g, state, hp, n_threads):
+        if hp["momentum"] == 0:
+            kernels().sgd_step(w, g, hp["lr"], hp["weight_decay"], n_threads)
+        else:
+            kernels().momentum_step(w, g, _flat(state["momentum_buffer"]), hp["lr"],
+                                    hp["momentum"], hp["weight_decay"], hp["nesterov"],
+                                    n_threads)
+
+
+class Adam(Optimizer):
+    """Adam with L2 weight decay (PyTorch's ``torch.optim.Adam``, amsgrad off; not AdamW).
+
+    ``g = dw + weight_decay * w;  t += 1;  m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g**2;
+    w -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``, with t counted per
+    parameter.
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+        Learning rate, finite and >= 0.
+    betas : (float, float), default (0.9, 0.999)
+        Decay rates of the first and second moment estimates, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the bias-corrected ``sqrt(v)`` (outside the square root); finite and > 0.
+    weight_decay : float, default 0.0
+        L2 penalty coefficient, finite and >= 0.
+
+    Attributes
+    ----------
+    lr, betas, eps, weight_decay
+        May be changed between steps; :meth:`step` re-validates them.
+    state : dict
+        ``{name: {"exp_avg": m, "exp_avg_sq": v, "step": t}}`` (PyTorch's names).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For hyper-parameters of the wrong type or out of range.
+    """
+
+    _hyper = ("lr", "betas", "eps", "weight_decay")
+    _arrays = ("exp_avg", "exp_avg_sq")
+    _counts_steps = True
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    @classmethod
+    def _validate(cls, lr, betas, eps, weight_decay):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        return {
+            "lr": _nonnegative(lr, "lr"),
+            "betas": (_fraction(betas[0], "betas[0]"), _fraction(betas[1], "betas[1]")),
+            "eps": _positive(eps, "eps"),
+            "weight_decay": _nonnegative(weight_decay, "weight_decay"),
+        }
+
+    def _update(self, w, g, state, hp, n_threads):
+        t = state["step"] + 1
+        beta1, beta2 = hp["betas"]
+        kernels().adam_step(w, g, _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]), hp["lr"],
+                            beta1, beta2, hp["eps"], t, hp["weight_decay"], n_threads)
+        state["step"] = t
+
+
+class RMSProp(Optimizer):
+    """RMSProp with L2 weight decay (PyTorch's ``torch.optim.RMSprop`` without momentum and
+    centering).
+
+    ``g = dw + weight_decay * w;  s = alpha * s + (1 - alpha) * g**2;
+    w -= lr * g / (sqrt(s) + eps)``.
+
+    Parameters
+    ----------
+    lr : float, default 1e-2
+        Learning rate, finite and >= 0.
+    alpha : float, default 0.99
+        Smoothing constant of the squared-gradient average, in [0, 1) (the course's
+        ``decay_rate``).
+    eps : float, default 1e-8
+        Added to ``sqrt(s)``; finite and > 0.
+    weight_decay : float, default 0.0
+        L2 penalty coefficient, finite and >= 0.
+
+    Attributes
+    ----------
+    lr, alpha, eps, weight_decay
+        May be changed between steps; :meth:`step` re-validates them.
+    state : dict
+        ``{name: {"square_avg": s}}`` (PyTorch's name).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For hyper-parameters of the wrong type or out of range.
+    """
+
+    _hyper = ("lr", "alpha", "eps", "weight_decay")
+    _arrays = ("square_avg",)
+
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0):
+        super().__init__(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay)
+
+    @classmethod
+    def _validate(cls, lr, alpha, eps, weight_decay):
+        return {
+            "lr": _nonnegative(lr, "lr"),
+            "alpha": _fraction(alpha, "alpha"),
+            "eps": _positive(eps, "eps"),
+            "weight_decay": _nonnegative(weight_decay, "weight_decay"),
+        }
+
+    def _update(self, w, g, state, hp, n_threads):
+        kernels().rmsprop_step(w, g, _flat(state["square_avg"]), hp["lr"], hp["alpha"],
+                               hp["eps"], hp["weight_decay"], n_threads)

@@ -1,0 +1,941 @@
+"""fastbp._kernels._optim against fastbp.reference.optim, and the fastbp.optim API.
+
+Course rules are checked against the course's formulas written inline below (NumPy), against
+hand-computed scalars, and on the CS231n FullyConnectedNets.ipynb check inputs; the optimizer
+classes against the PyTorch algorithms written inline and, when installed, torch.optim itself.
+"""
+
+import copy
+import inspect
+import math
+
+import numpy as np
+import pytest
+from helpers import DTYPES, THREADS, assert_close
+
+import fastbp
+from fastbp import _kernels, optim, reference
+
+SIZES = (0, 1, 7, 33, 2049, 100_003)  # 2049: one element past a kernel block
+
+# case id -> (kernel, state arrays, scalar arguments between the state arrays and n_threads)
+KERNEL_CASES = {
+    "sgd": ("sgd_step", (), dict(lr=0.05, weight_decay=0.0)),
+    "sgd-wd": ("sgd_step", (), dict(lr=0.05, weight_decay=0.01)),
+    "sgd_momentum": ("sgd_momentum_step", ("v",), dict(lr=0.05, momentum=0.9)),
+    "momentum": ("momentum_step", ("v",),
+                 dict(lr=0.05, momentum=0.9, weight_decay=0.0, nesterov=False)),
+    "momentum-wd": ("momentum_step", ("v",),
+                    dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=False)),
+    "nesterov": ("momentum_step", ("v",),
+                 dict(lr=0.05, momentum=0.9, weight_decay=0.0, nesterov=True)),
+    "nesterov-wd": ("momentum_step", ("v",),
+                    dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)),
+    "rmsprop": ("rmsprop_step", ("cache",),
+                dict(lr=1e-2, decay_rate=0.99, eps=1e-8, weight_decay=0.0)),
+    "rmsprop-wd": ("rmsprop_step", ("cache",),
+                   dict(lr=1e-2, decay_rate=0.9, eps=1e-6, weight_decay=0.01)),
+    "adam": ("adam_step", ("m", "v"),
+             dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=3, weight_decay=0.0)),
+    "adam-wd": ("adam_step", ("m", "v"),
+                dict(lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-8, t=1, weight_decay=0.01)),
+}
+# second-moment state: non-negative
+SQUARED = {("rmsprop_step", "cache"), ("adam_step", "v")}
+OPTIM_KERNELS = ("sgd_step", "sgd_momentum_step", "momentum_step", "rmsprop_step", "adam_step")
+
+
+def _kernel_inputs(rng, kernel, states, n, dtype):
+    w = rng.standard_normal(n).astype(dtype)
+    dw = rng.standard_normal(n).astype(dtype)
+    dw.setflags(write=False)
+    state = {}
+    for name in states:
+        s = rng.standard_normal(n).astype(dtype)
+        state[name] = np.abs(s) if (kernel, name) in SQUARED else s
+    return w, dw, state
+
+
+def _copies(w, state):
+    return w.copy(), {k: v.copy() for k, v in state.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# kernels vs reference
+
+
+@pytest.mark.parametrize("name", OPTIM_KERNELS)
+def test_kernel_and_reference_signatures_agree(name):
+    fast = inspect.signature(getattr(_kernels, name)).parameters
+    slow = inspect.signature(getattr(reference, name)).parameters
+    assert list(fast) == list(slow)
+    assert [p.default for p in fast.values()] == [p.default for p in slow.values()]
+    assert list(fast)[:2] == ["w", "dw"] and list(fast)[-1] == "n_threads"
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("threads", THREADS)
+def test_kernel_matches_reference_in_place(rng, case, dtype, n, threads):
+    kernel, states, scalars = KERNEL_CASES[case]
+    w, dw, state = _kernel_inputs(rng, kernel, states, n, dtype)
+    w_exp, state_exp = _copies(w, state)
+    w_one, state_one = _copies(w, state)
+    w_obj, state_objs, w_start = w, dict(state), w.copy()
+
+    getattr(reference, kernel)(w_exp, dw, **state_exp, **scalars)
+    assert getattr(_kernels, kernel)(w, dw, **state, **scalars, n_threads=threads) is None
+    getattr(_kernels, kernel)(w_one, dw, **state_one, **scalars, n_threads=1)
+
+    # the caller's arrays were updated in place (same objects), with the reference's values
+    assert w is w_obj and all(state[k] is state_objs[k] for k in state)
+    assert w.dtype == dtype
+    assert_close(w, w_exp, dtype, scale=4)
+    for k in state:
+        assert_close(state[k], state_exp[k], dtype, scale=4)
+    assert n == 0 or not np.array_equal(w, w_start)  # a real update happened
+    # elementwise work: bitwise identical for every thread count
+    np.testing.assert_array_equal(w, w_one)
+    for k in state:
+        np.testing.assert_array_equal(state[k], state_one[k])
+
+
+@pytest.mark.parametrize("case", ["sgd-wd", "nesterov-wd", "rmsprop-wd", "adam-wd"])
+def test_kernel_updates_a_raveled_view_of_the_callers_array(rng, case):
+    kernel, states, scalars = KERNEL_CASES[case]
+    w2d = rng.standard_normal((33, 7))
+    state2d = {k: np.abs(rng.standard_normal((33, 7))) for k in states}
+    dw = rng.standard_normal((33, 7))
+    before = w2d.copy()
+    w_exp, state_exp = _copies(w2d.reshape(-1), {k: v.reshape(-1) for k, v in state2d.items()})
+    getattr(reference, kernel)(w_exp, dw.reshape(-1), **state_exp, **scalars)
+
+    flat = w2d.reshape(-1)
+    assert np.shares_memory(flat, w2d)
+    flat_state = {k: v.reshape(-1) for k, v in state2d.items()}
+    getattr(_kernels, kernel)(flat, dw.reshape(-1), **flat_state, **scalars, n_threads=2)
+    assert not np.array_equal(w2d, before)
+    assert_close(w2d.reshape(-1), w_exp, np.float64)
+    for k in states:
+        assert_close(state2d[k].reshape(-1), state_exp[k], np.float64)
+
+
+def test_kernels_are_exact_textbook_arithmetic():
+    """Hand-computed single elements (float64), one per kernel."""
+    w, dw = np.array([1.0]), np.array([0.5])
+    _kernels.sgd_step(w, dw, 0.1, 0.2)  # 1 - 0.1 * (0.5 + 0.2 * 1)
+    assert w[0] == pytest.approx(0.93, abs=1e-15)
+
+    w, v = np.array([1.0]), np.array([0.25])
+    _kernels.sgd_momentum_step(w, dw, v, 0.1, 0.9)  # v = 0.225 - 0.05; w = 1 + 0.175
+    assert (v[0], w[0]) == pytest.approx((0.175, 1.175), abs=1e-15)
+
+    w, v = np.array([1.0]), np.array([0.25])
+    _kernels.momentum_step(w, dw, v, 0.1, 0.9, 0.0, True)  # v = 0.725; w = 1 - 0.1*(0.5+0.6525)
+    assert (v[0], w[0]) == pytest.approx((0.725, 0.88475), abs=1e-15)
+
+    w, c = np.array([1.0]), np.array([0.0])
+    _kernels.rmsprop_step(w, dw, c, 0.01, 0.75, 1e-8, 0.0)  # c = 0.0625; w = 1 - 0.005/0.25
+    assert (c[0], w[0]) == pytest.approx((0.0625, 1 - 0.005 / (0.25 + 1e-8)), abs=1e-15)
+
+    w, m, v = np.array([1.0]), np.array([0.0]), np.array([0.0])
+    _kernels.adam_step(w, dw, m, v, 0.01, 0.9, 0.999, 1e-8, 1, 0.0)
+    # first step: m_hat = g, v_hat = g**2, so w = 1 - lr * g / (|g| + eps)
+    assert (m[0], v[0]) == pytest.approx((0.05, 0.00025), abs=1e-15)
+    assert w[0] == pytest.approx(1 - 0.01 * 0.5 / (0.5 + 1e-8), abs=1e-15)
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_kernel_rejects_mismatched_lengths_before_writing(rng, case):
+    kernel, states, scalars = KERNEL_CASES[case]
+    for bad in ("dw",) + states:
+        w, dw, state = _kernel_inputs(rng, kernel, states, 7, np.float64)
+        args = dict(state, dw=dw)
+        args[bad] = args[bad][:5].copy()
+        snapshot = copy.deepcopy((w, args))
+        for impl in (_kernels, reference):
+            with pytest.raises(ValueError, match=rf"{kernel}: {bad} has length 5, expected 7"):
+                getattr(impl, kernel)(w, **args, **scalars)
+            np.testing.assert_array_equal(w, snapshot[0])
+            for k in args:
+                np.testing.assert_array_equal(args[k], snapshot[1][k])
+
+
+@pytest.mark.parametrize("case", ["sgd", "momentum", "rmsprop", "adam"])
+def test_kernel_rejects_read_only_or_mixed_dtype_buffers(rng, case):
+    kernel, states, scalars = KERNEL_CASES[case]
+    w, dw, state = _kernel_inputs(rng, kernel, states, 7, np.float64)
+    ro = w.copy()
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        getattr(_kernels, kernel)(ro, dw, **state, **scalars)
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        getattr(_kernels, kernel)(w, dw.astype(np.float32), **state, **scalars)
+    for k in states:
+        bad = dict(state, **{k: state[k].astype(np.float32)})
+        with pytest.raises(ValueError, match="dtype mismatch"):
+            getattr(_kernels, kernel)(w.copy(), dw, **bad, **scalars)
+    with pytest.raises(TypeError):
+        getattr(_kernels, kernel)(w.astype(np.int64), dw, **state, **scalars)
+
+
+def test_adam_kernel_rejects_step_zero_and_bad_thread_counts(rng):
+    w, dw, state = _kernel_inputs(rng, "adam_step", ("m", "v"), 7, np.float64)
+    before = w.copy()
+    scalars = dict(KERNEL_CASES["adam"][2], t=0)
+    for impl in (_kernels, reference):
+        with pytest.raises(ValueError, match="t must be >= 1"):
+            getattr(impl, "adam_step")(w, dw, **state, **scalars)
+    with pytest.raises(ValueError, match="n_threads must be >= 1"):
+        _kernels.sgd_step(w, dw, 0.1, 0.0, 0)
+    np.testing.assert_array_equal(w, before)
+
+
+# --------------------------------------------------------------------------------------------
+# course rules: the course's formulas, inline
+
+
+def course_sgd(w, dw, config):
+    config.setdefault("learning_rate", 1e-2)
+    w -= config["learning_rate"] * dw
+    return w, config
+
+
+def course_sgd_momentum(w, dw, config):
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("momentum", 0.9)
+    v = config.get("velocity", np.zeros_like(w))
+    v = config["momentum"] * v - config["learning_rate"] * dw
+    next_w = w + v
+    config["velocity"] = v
+    return next_w, config
+
+
+def torch_style_momentum(w, dw, config):
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("momentum", 0.9)
+    b = config.get("momentum_buffer", np.zeros_like(w))
+    b = config["momentum"] * b + dw
+    config["momentum_buffer"] = b
+    return w - config["learning_rate"] * b, config
+
+
+def course_rmsprop(w, dw, config):
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("decay_rate", 0.99)
+    config.setdefault("epsilon", 1e-8)
+    config.setdefault("cache", np.zeros_like(w))
+    config["cache"] = config["decay_rate"] * config["cache"] + (1 - config["decay_rate"]) * dw**2
+    next_w = w - config["learning_rate"] * dw / (np.sqrt(config["cache"]) + config["epsilon"])
+    return next_w, config
+
+
+def course_adam(w, dw, config):
+    config.setdefault("learning_rate", 1e-3)
+    config.setdefault("beta1", 0.9)
+    config.setdefault("beta2", 0.999)
+    config.setdefault("epsilon", 1e-8)
+    config.setdefault("m", np.zeros_like(w))
+    config.setdefault("v", np.zeros_like(w))
+    config.setdefault("t", 0)
+    config["t"] += 1
+    config["m"] = config["beta1"] * config["m"] + (1 - config["beta1"]) * dw
+    mt = config["m"] / (1 - config["beta1"] ** config["t"])
+    config["v"] = config["beta2"] * config["v"] + (1 - config["beta2"]) * (dw**2)
+    vt = config["v"] / (1 - config["beta2"] ** config["t"])
+    next_w = w - config["learning_rate"] * mt / (np.sqrt(vt) + config["epsilon"])
+    return next_w, config
+
+
+# rule name -> (fastbp rule, inline formula, custom hyper-parameters, state keys)
+RULES = {
+    "sgd": (optim.sgd, course_sgd, dict(learning_rate=0.1), ()),
+    "sgd_momentum": (optim.sgd_momentum, course_sgd_momentum,
+                     dict(learning_rate=0.05, momentum=0.5), ("velocity",)),
+    "sgd_momentum_torch": (optim.sgd_momentum_torch, torch_style_momentum,
+                           dict(learning_rate=0.05, momentum=0.5), ("momentum_buffer",)),
+    "rmsprop": (optim.rmsprop, course_rmsprop,
+                dict(learning_rate=1e-3, decay_rate=0.9, epsilon=1e-6), ("cache",)),
+    "adam": (optim.adam, course_adam,
+             dict(learning_rate=1e-2, beta1=0.8, beta2=0.99, epsilon=1e-7), ("m", "v")),
+}
+
+
+def _assert_configs_close(got, expected, dtype):
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        if isinstance(value, np.ndarray):
+            assert got[key].dtype == dtype
+            assert_close(got[key], value, dtype, scale=4)
+        else:
+            assert got[key] == value
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("custom", [False, True], ids=["defaults", "custom"])
+def test_course_rule_matches_the_course_formula_over_steps(rng, rule, dtype, custom):
+    fast, course, hyper, _ = RULES[rule]
+    w = rng.standard_normal((13, 7)).astype(dtype)
+    w_course = w.copy()
+    config = dict(hyper) if custom else None
+    config_course = dict(hyper) if custom else {}
+    for _ in range(5):
+        dw = rng.standard_normal((13, 7)).astype(dtype)
+        w, config = fast(w, dw, config)
+        w_course, config_course = course(w_course, dw, config_course)
+        assert w.dtype == dtype and w_course.dtype == dtype  # course math stays float32 too
+        assert_close(w, w_course, dtype, scale=4)
+        _assert_configs_close(config, config_course, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_course_rules_hand_computed_over_three_steps(dtype):
+    """w = 1, a constant gradient 0.5; the values below are worked by hand."""
+    dw = np.array([0.5], dtype)
+
+    w, cfg = np.array([1.0], dtype), {"learning_rate": 0.1}
+    for expected in (0.95, 0.90, 0.85):
+        w, cfg = optim.sgd(w, dw, cfg)
+        assert_close(w, [expected], dtype)
+
+    # v = 0.9 v - 0.05:  -0.05, -0.095, -0.1355
+    w, cfg = np.array([1.0], dtype), {"learning_rate": 0.1}
+    for v, expected in ((-0.05, 0.95), (-0.095, 0.855), (-0.1355, 0.7195)):
+        w, cfg = optim.sgd_momentum(w, dw, cfg)
+        assert_close(cfg["velocity"], [v], dtype)
+        assert_close(w, [expected], dtype)
+
+    # b = 0.9 b + 0.5:  0.5, 0.95, 1.355;  w -= 0.1 b
+    w, cfg = np.array([1.0], dtype), {"learning_rate": 0.1}
+    for b, expected in ((0.5, 0.95), (0.95, 0.855), (1.355, 0.7195)):
+        w, cfg = optim.sgd_momentum_torch(w, dw, cfg)
+        assert_close(cfg["momentum_buffer"], [b], dtype)
+        assert_close(w, [expected], dtype)
+
+    # cache_t = (1 - 0.99**t) * 0.25;  w -= 0.01 * 0.5 / (sqrt(cache_t) + 1e-8)
+    w, cfg, expected = np.array([1.0], dtype), None, 1.0
+    for t in (1, 2, 3):
+        w, cfg = optim.rmsprop(w, dw, cfg)
+        cache = (1 - 0.99**t) * 0.25
+        expected -= 0.01 * 0.5 / (math.sqrt(cache) + 1e-8)
+        assert_close(cfg["cache"], [cache], dtype)
+        assert_close(w, [expected], dtype)
+
+    # constant g: m_t = (1 - b1**t) g and v_t = (1 - b2**t) g**2, so the bias-corrected step is
+    # exactly lr * g / (|g| + eps) every time
+    w, cfg = np.array([1.0], dtype), None
+    for t in (1, 2, 3):
+        w, cfg = optim.adam(w, dw, cfg)
+        assert cfg["t"] == t
+        assert_close(cfg["m"], [(1 - 0.9**t) * 0.5], dtype)
+        assert_close(cfg["v"], [(1 - 0.999**t) * 0.25], dtype)
+        assert_close(w, [1 - t * 1e-3 * 0.5 / (0.5 + 1e-8)], dtype)
+
+
+def _cs231n_check_inputs():
+    """The inputs of the update-rule checks in CS231n FullyConnectedNets.ipynb."""
+    n, d = 4, 5
+    w = np.linspace(-0.4, 0.6, num=n * d).reshape(n, d)
+    dw = np.linspace(-0.6, 0.4, num=n * d).reshape(n, d)
+    a = np.linspace(0.6, 0.9, num=n * d).reshape(n, d)
+    b = np.linspace(0.7, 0.5, num=n * d).reshape(n, d)
+    return w, dw, a, b
+
+
+def test_cs231n_notebook_checks():
+    """The notebook's three checks, against the course formula (and a hand-worked w[0, 0])."""
+    w, dw, a, b = _cs231n_check_inputs()
+    cases = [
+        (optim.sgd_momentum, course_sgd_momentum, {"learning_rate": 1e-3, "velocity": a},
+         # v = 0.9 * 0.6 - 1e-3 * (-0.6) = 0.5406;  w = -0.4 + 0.5406
+         {"velocity": 0.5406}, 0.1406),
+        (optim.rmsprop, course_rmsprop, {"learning_rate": 1e-2, "cache": a},
+         # cache = 0.99 * 0.6 + 0.01 * 0.36 = 0.5976;  w = -0.4 + 1e-2 * 0.6 / sqrt(0.5976)
+         {"cache": 0.5976}, -0.4 + 1e-2 * 0.6 / (math.sqrt(0.5976) + 1e-8)),
+        (optim.adam, course_adam, {"learning_rate": 1e-2, "m": a, "v": b, "t": 5},
+         # m = 0.9 * 0.6 - 0.1 * 0.6 = 0.48;  v = 0.999 * 0.7 + 0.001 * 0.36 = 0.69966;  t = 6
+         {"m": 0.48, "v": 0.69966},
+         -0.4 - 1e-2 * (0.48 / (1 - 0.9**6)) / (math.sqrt(0.69966 / (1 - 0.999**6)) + 1e-8)),
+    ]
+    for fast, course, config, state00, w00 in cases:
+        next_w, cfg = fast(w, dw, dict(config))
+        exp_w, exp_cfg = course(w.copy(), dw, dict(config))
+        np.testing.assert_allclose(next_w, exp_w, rtol=1e-12)
+        for key in state00:
+            np.testing.assert_allclose(cfg[key], exp_cfg[key], rtol=1e-12)
+            assert cfg[key][0, 0] == pytest.approx(state00[key], rel=1e-13)
+        assert next_w[0, 0] == pytest.approx(w00, rel=1e-12)
+    assert cfg["t"] == 6
+
+
+# --------------------------------------------------------------------------------------------
+# course rules: who is modified, layouts, defaults
+
+
+def test_sgd_updates_w_in_place_and_returns_it(rng):
+    w = rng.standard_normal((5, 3))
+    dw = rng.standard_normal((5, 3))
+    expected = w - 1e-2 * dw
+    view = w[:]
+    next_w, config = optim.sgd(w, dw)
+    assert next_w is w and np.shares_memory(view, next_w)
+    np.testing.assert_array_equal(w, expected)
+    assert config == {"learning_rate": 1e-2}
+
+
+def test_sgd_updates_a_non_contiguous_w_in_place(rng):
+    base = rng.standard_normal((6, 8))
+    w = base[:, ::2]
+    dw = rng.standard_normal((6, 4))
+    expected = w - 0.5 * dw
+    untouched = base[:, 1::2].copy()
+    next_w, _ = optim.sgd(w, dw, {"learning_rate": 0.5})
+    assert next_w is w
+    np.testing.assert_array_equal(base[:, ::2], expected)
+    np.testing.assert_array_equal(base[:, 1::2], untouched)
+
+
+@pytest.mark.parametrize("rule", ["sgd_momentum", "sgd_momentum_torch", "rmsprop", "adam"])
+def test_stateful_rules_leave_w_and_old_state_alone(rng, rule):
+    fast, course, _, keys = RULES[rule]
+    w = rng.standard_normal((4, 6))
+    w.setflags(write=False)  # the course never writes w here, so read-only must work
+    dw = rng.standard_normal((8, 6))[::2]  # non-contiguous gradient
+    old = {k: np.abs(rng.standard_normal((4, 6))) for k in keys}
+    config = dict(old)
+    if rule == "adam":
+        config["t"] = 2
+    w_before, old_before = w.copy(), copy.deepcopy(old)
+
+    next_w, returned = fast(w, dw, config)
+    assert returned is config
+    assert not np.shares_memory(next_w, w) and next_w.flags.c_contiguous
+    np.testing.assert_array_equal(w, w_before)
+    for k in keys:
+        assert config[k] is not old[k]  # new arrays stored ...
+        np.testing.assert_array_equal(old[k], old_before[k])  # ... the old ones untouched
+    course_config = copy.deepcopy(old_before)
+    if rule == "adam":
+        course_config["t"] = 2
+    exp_w, exp_cfg = course(w_before.copy(), dw, course_config)
+    assert_close(next_w, exp_w, np.float64)
+    _assert_configs_close(config, exp_cfg, np.dtype(np.float64))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_defaults_are_the_courses(rng, rule):
+    fast = RULES[rule][0]
+    _, config = fast(rng.standard_normal(3), rng.standard_normal(3))
+    defaults = {
+        "sgd": {"learning_rate": 1e-2},
+        "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.9},
+        "sgd_momentum_torch": {"learning_rate": 1e-2, "momentum": 0.9},
+        "rmsprop": {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8},
+        "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "t": 1},
+    }[rule]
+    assert {k: v for k, v in config.items() if not isinstance(v, np.ndarray)} == defaults
+
+
+def test_state_of_another_dtype_is_kept_in_ws_dtype(rng):
+    w = rng.standard_normal(5).astype(np.float32)
+    dw = rng.standard_normal(5).astype(np.float32)
+    v = rng.standard_normal(5)  # float64 velocity
+    next_w, config = optim.sgd_momentum(w, dw, {"velocity": v})
+    assert next_w.dtype == np.float32 and config["velocity"].dtype == np.float32
+    assert_close(config["velocity"], 0.9 * v.astype(np.float32) - np.float32(1e-2) * dw, np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# course rules: bad input raises and changes nothing
+
+
+def _assert_unchanged(got, expected):
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and set(got) == set(expected)
+        for k in expected:
+            _assert_unchanged(got[k], expected[k])
+    elif isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert got == expected or (got != got and expected != expected)
+
+
+BAD_CONFIGS = [
+    (rule, {"learning_rate": bad}, err, "learning_rate")
+    for rule in RULES
+    for bad, err in ((-1e-3, ValueError), (math.nan, ValueError), (math.inf, ValueError),
+                     ("0.1", TypeError), (True, TypeError))
+] + [
+    (rule, {"momentum": bad}, err, "momentum")
+    for rule in ("sgd_momentum", "sgd_momentum_torch")
+    for bad, err in ((1.0, ValueError), (-0.1, ValueError), (math.nan, ValueError),
+                     (None, TypeError))
+] + [
+    ("rmsprop", {"decay_rate": 1.0}, ValueError, "decay_rate"),
+    ("rmsprop", {"decay_rate": -0.5}, ValueError, "decay_rate"),
+    ("rmsprop", {"epsilon": 0.0}, ValueError, "epsilon"),
+    ("rmsprop", {"epsilon": -1e-8}, ValueError, "epsilon"),
+    ("rmsprop", {"epsilon": math.inf}, ValueError, "epsilon"),
+    ("adam", {"beta1": 1.0}, ValueError, "beta1"),
+    ("adam", {"beta2": -0.1}, ValueError, "beta2"),
+    ("adam", {"beta2": 1.5}, ValueError, "beta2"),
+    ("adam", {"epsilon": 0}, ValueError, "epsilon"),
+    ("adam", {"t": -1}, ValueError, "t"),
+    ("adam", {"t": 1.5}, TypeError, "t"),
+    ("sgd_momentum", {"velocity": np.zeros((3, 4))}, ValueError, "velocity"),
+    ("sgd_momentum", {"velocity": [[0.0] * 3] * 4}, TypeError, "velocity"),
+    ("sgd_momentum_torch", {"momentum_buffer": np.zeros(12)}, ValueError, "momentum_buffer"),
+    ("rmsprop", {"cache": np.zeros((4, 3), dtype=object)}, TypeError, "cache"),
+    ("adam", {"m": np.zeros((4, 4))}, ValueError, "'m'"),
+    ("adam", {"v": np.zeros((4, 3), dtype=complex)}, TypeError, "'v'"),
+]
+
+
+@pytest.mark.parametrize("rule,bad,err,match", BAD_CONFIGS)
+def test_bad_config_raises_and_changes_nothing(rng, rule, bad, err, match):
+    fast = RULES[rule][0]
+    w, dw = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    config = dict(bad, note="kept")
+    before = copy.deepcopy((w, dw, config))
+    with pytest.raises(err, match=match):
+        fast(w, dw, config)
+    _assert_unchanged(w, before[0])
+    _assert_unchanged(dw, before[1])
+    _assert_unchanged(config, before[2])  # no defaults were filled in either
+
+
+def _bad_arrays(rng):
+    w = rng.standard_normal((4, 3))
+    ro = w.copy()
+    ro.setflags(write=False)
+    return [
+        ("int w", w.astype(np.int64), w, TypeError, "float32 or float64"),
+        ("float16 w", w.astype(np.float16), w.astype(np.float16), TypeError, "float32 or float64"),
+        ("list w", w.tolist(), w, TypeError, "numpy.ndarray"),
+        ("dtype", w, w.astype(np.float32), TypeError, "dtype"),
+        ("shape", w, w[:3], ValueError, "shape"),
+        ("transposed", w, w.T, ValueError, "shape"),
+        ("list dw", w, w.tolist(), TypeError, "dw"),
+    ]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_bad_arrays_raise_and_change_nothing(rng, rule):
+    fast = RULES[rule][0]
+    for label, w, dw, err, match in _bad_arrays(rng):
+        config = {"learning_rate": 0.1}
+        before = copy.deepcopy((w, dw, config))
+        with pytest.raises(err, match=match):
+            fast(w, dw, config)
+        if isinstance(w, np.ndarray):
+            np.testing.assert_array_equal(w, before[0], err_msg=label)
+        assert config == before[2], label
+    with pytest.raises(TypeError, match="config"):
+        fast(np.ones(3), np.ones(3), [("learning_rate", 0.1)])
+
+
+def test_sgd_refuses_a_read_only_w(rng):
+    w = rng.standard_normal(4)
+    w.setflags(write=False)
+    before = w.copy()
+    config = {}
+    with pytest.raises(ValueError, match="read-only"):
+        optim.sgd(w, np.ones(4), config)
+    np.testing.assert_array_equal(w, before)
+    assert config == {}
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer classes: the PyTorch algorithms, inline
+
+
+def inline_sgd(params, grads, state, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    for k in params:
+        g = grads[k] + weight_decay * params[k]
+        if momentum:
+            b = state[k] = momentum * state.get(k, np.zeros_like(g)) + g
+            g = g + momentum * b if nesterov else b
+        params[k] = params[k] - lr * g
+
+
+def inline_adam(params, grads, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    b1, b2 = betas
+    for k in params:
+        g = grads[k] + weight_decay * params[k]
+        m, v, t = state.get(k, (np.zeros_like(g), np.zeros_like(g), 0))
+        t += 1
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        state[k] = (m, v, t)
+        params[k] = params[k] - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+
+
+def inline_rmsprop(params, grads, state, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0):
+    for k in params:
+        g = grads[k] + weight_decay * params[k]
+        s = state[k] = alpha * state.get(k, np.zeros_like(g)) + (1 - alpha) * g * g
+        params[k] = params[k] - lr * g / (np.sqrt(s) + eps)
+
+
+CLASS_CASES = {
+    "sgd": (optim.SGD, inline_sgd, dict(lr=0.1)),
+    "sgd-wd": (optim.SGD, inline_sgd, dict(lr=0.1, weight_decay=0.05)),
+    "momentum": (optim.SGD, inline_sgd, dict(lr=0.05, momentum=0.9)),
+    "nesterov-wd": (optim.SGD, inline_sgd,
+                    dict(lr=0.05, momentum=0.8, weight_decay=0.01, nesterov=True)),
+    "adam": (optim.Adam, inline_adam, dict()),
+    "adam-wd": (optim.Adam, inline_adam,
+                dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)),
+    "rmsprop": (optim.RMSProp, inline_rmsprop, dict()),
+    "rmsprop-wd": (optim.RMSProp, inline_rmsprop, dict(lr=1e-3, alpha=0.9, weight_decay=0.01)),
+}
+
+
+def _model(rng, dtype, big=False):
+    shapes = {"W1": (300, 200) if big else (6, 5), "b1": (5,), "W2": (5, 3), "b2": (3,)}
+    if big:
+        shapes["b1"], shapes["W2"] = (200,), (200, 3)
+    return {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+
+
+def _grads(rng, params):
+    return {k: rng.standard_normal(p.shape).astype(p.dtype) for k, p in params.items()}
+
+
+@pytest.mark.parametrize("case", CLASS_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_matches_the_pytorch_algorithm_inline(rng, case, dtype):
+    cls, inline, kwargs = CLASS_CASES[case]
+    params = _model(rng, dtype, big=case.endswith("wd"))  # big: more than one thread's worth
+    expected, inline_state = {k: p.copy() for k, p in params.items()}, {}
+    objects = dict(params)
+    opt = cls(**kwargs)
+    for _ in range(4):
+        grads = _grads(rng, params)
+        for g in grads.values():
+            g.setflags(write=False)
+        opt.step(params, grads)
+        inline(expected, grads, inline_state, **kwargs)
+        for k in params:
+            assert params[k] is objects[k] and params[k].dtype == dtype  # updated in place
+            assert_close(params[k], expected[k], dtype, scale=4)
+
+
+def test_optimizer_state_is_lazy_and_in_the_parameters_dtype(rng):
+    params = {"W": rng.standard_normal((3, 2)).astype(np.float32), "b": np.zeros(2)}
+    opt = optim.Adam()
+    assert opt.state == {}
+    opt.step(params, _grads(rng, params))
+    assert set(opt.state) == {"W", "b"}
+    assert opt.state["W"]["exp_avg"].dtype == np.float32
+    assert opt.state["b"]["exp_avg_sq"].dtype == np.float64
+    assert opt.state["W"]["exp_avg"].shape == (3, 2) and opt.state["W"]["step"] == 1
+
+    sgd = optim.SGD(0.1)
+    sgd.step(params, _grads(rng, params))
+    assert all(s == {} for s in sgd.state.values())  # no momentum: no buffer
+    sgd.momentum = 0.5
+    sgd.step(params, _grads(rng, params))
+    assert sgd.state["W"]["momentum_buffer"].dtype == np.float32
+
+
+def test_state_arrays_are_updated_in_place(rng):
+    params = _model(rng, np.float64)
+    opt = optim.Adam(lr=1e-2)
+    opt.step(params, _grads(rng, params))
+    m = opt.state["W1"]["exp_avg"]
+    before = m.copy()
+    opt.step(params, _grads(rng, params))
+    assert opt.state["W1"]["exp_avg"] is m and not np.array_equal(m, before)
+
+
+@pytest.mark.parametrize("case", CLASS_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_matches_torch(rng, case, dtype):
+    torch = pytest.importorskip("torch")
+    cls, _, kwargs = CLASS_CASES[case]
+    torch_cls = {optim.SGD: torch.optim.SGD, optim.Adam: torch.optim.Adam,
+                 optim.RMSProp: torch.optim.RMSprop}[cls]
+    state_names = {optim.SGD: ("momentum_buffer",), optim.Adam: ("exp_avg", "exp_avg_sq"),
+                   optim.RMSProp: ("square_avg",)}[cls]
+    params = _model(rng, dtype)
+    tparams = {k: torch.tensor(p.copy(), requires_grad=True) for k, p in params.items()}
+    topt = torch_cls(list(tparams.values()), **kwargs)
+    opt = cls(**kwargs)
+    for _ in range(5):
+        grads = _grads(rng, params)
+        opt.step(params, grads)
+        for k, tp in tparams.items():
+            tp.grad = torch.tensor(grads[k])
+        topt.step()
+    for k, tp in tparams.items():
+        assert_close(params[k], tp.detach().numpy(), dtype, scale=4)
+        for name in state_names:
+            if name in opt.state[k]:
+                assert_close(opt.state[k][name], topt.state[tp][name].numpy(), dtype, scale=4)
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer classes: plain-SGD flag, state_dict, zero_state / reset
+
+
+def test_is_plain_sgd_tells_when_the_update_can_fold_into_the_gemm(rng):
+    assert optim.SGD(0.1).is_plain_sgd
+    assert not optim.SGD(0.1, momentum=0.9).is_plain_sgd
+    assert not optim.SGD(0.1, weight_decay=1e-4).is_plain_sgd
+    assert not optim.Adam().is_plain_sgd and not optim.RMSProp().is_plain_sgd
+    opt = optim.SGD(0.1)
+    with pytest.raises(AttributeError):
+        opt.is_plain_sgd = False
+    opt.momentum = 0.5
+    assert not opt.is_plain_sgd
+    # when it says so, a step is exactly W - lr * dW (what the GEMM with beta = 1 computes)
+    plain = optim.SGD(0.25)
+    w, dw = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    expected = w - 0.25 * dw
+    plain.step({"w": w}, {"w": dw})
+    np.testing.assert_array_equal(w, expected)
+
+
+@pytest.mark.parametrize("case", ["momentum", "nesterov-wd", "adam-wd", "rmsprop"])
+def test_state_dict_round_trip_resumes_exactly(rng, case):
+    cls, _, kwargs = CLASS_CASES[case]
+    params = _model(rng, np.float32)
+    grads = [_grads(rng, params) for _ in range(5)]
+    opt = cls(**kwargs)
+    for g in grads[:3]:
+        opt.step(params, g)
+    saved, saved_params = opt.state_dict(), {k: p.copy() for k, p in params.items()}
+    for g in grads[3:]:
+        opt.step(params, g)
+
+    # the snapshot did not move with the optimizer
+    for name, entry in saved["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, np.ndarray):
+                assert not np.shares_memory(value, opt.state[name][key])
+    assert all(e.get("step", 3) == 3 for e in saved["state"].values())
+
+    resumed = cls(lr=0.5)  # other hyper-parameters: load_state_dict restores them
+    resumed.load_state_dict(saved)
+    assert resumed.hyperparameters() == opt.hyperparameters()
+    for g in grads[3:]:
+        resumed.step(saved_params, g)
+    for k in params:
+        np.testing.assert_array_equal(saved_params[k], params[k])
+    # loading copies: the dict may be reused
+    assert not any(np.shares_memory(saved["state"]["W1"][k], resumed.state["W1"][k])
+                   for k in saved["state"]["W1"] if k != "step")
+
+
+def _bad_state_dicts(opt):
+    good = opt.state_dict()
+    entry = next(iter(good["state"].values()))
+    arrays = [k for k in entry if k != "step"]
+    out = [
+        ("not a dict", [1, 2]),
+        ("extra top key", dict(good, extra=1)),
+        ("missing hyper", {"hyperparameters": {"lr": 0.1}, "state": good["state"]}),
+        ("bad hyper", {"hyperparameters": dict(good["hyperparameters"], lr=-1.0),
+                       "state": good["state"]}),
+        ("unknown state key", {"hyperparameters": good["hyperparameters"],
+                               "state": {"W1": dict(entry, extra=np.zeros(1))}}),
+        ("int array", {"hyperparameters": good["hyperparameters"],
+                       "state": {"W1": dict(entry, **{arrays[0]: np.zeros((6, 5), int)})}}),
+        ("state not a dict", {"hyperparameters": good["hyperparameters"], "state": [1]}),
+    ]
+    if len(arrays) > 1:
+        out.append(("shapes differ", {"hyperparameters": good["hyperparameters"],
+                                      "state": {"W1": dict(entry, **{arrays[1]: np.zeros(3)})}}))
+    if "step" in entry:
+        out.append(("bad step", {"hyperparameters": good["hyperparameters"],
+                                 "state": {"W1": dict(entry, step=-1)}}))
+        out.append(("partial", {"hyperparameters": good["hyperparameters"],
+                                "state": {"W1": {"step": 2}}}))
+    return out
+
+
+@pytest.mark.parametrize("case", ["momentum", "adam-wd", "rmsprop"])
+def test_load_state_dict_rejects_malformed_input_and_changes_nothing(rng, case):
+    cls, _, kwargs = CLASS_CASES[case]
+    params = _model(rng, np.float64)
+    opt = cls(**kwargs)
+    opt.step(params, _grads(rng, params))
+    for label, bad in _bad_state_dicts(opt):
+        before = opt.state_dict()
+        with pytest.raises((TypeError, ValueError)):
+            opt.load_state_dict(bad)
+        _assert_unchanged(opt.state_dict(), before)
+
+
+def test_zero_state_and_reset(rng):
+    params = _model(rng, np.float64)
+    start = {k: p.copy() for k, p in params.items()}
+    grads = _grads(rng, params)
+    opt = optim.Adam(lr=1e-2)
+    opt.step(params, grads)
+    first = {k: p.copy() for k, p in params.items()}
+    opt.step(params, _grads(rng, params))
+
+    m = opt.state["W1"]["exp_avg"]
+    opt.zero_state()
+    assert opt.state["W1"]["exp_avg"] is m and not m.any() and opt.state["W1"]["step"] == 0
+    again = {k: p.copy() for k, p in start.items()}
+    opt.step(again, grads)  # behaves as the very first step did
+    for k in params:
+        np.testing.assert_array_equal(again[k], first[k])
+
+    opt.reset()
+    assert opt.state == {}
+    opt.step({"W1": np.zeros((2, 2))}, {"W1": np.ones((2, 2))})  # new shapes are fine now
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer classes: bad input raises and changes nothing
+
+
+def _read_only(a):
+    a.setflags(write=False)
+    return a
+
+
+def _class_failures():
+    """(label, mutate(params, grads, opt), error): each spoils b2, the LAST parameter, or a
+    hyper-parameter; W1, b1 and W2 pass their checks first."""
+
+    def replace_param(key, value):
+        return lambda p, g, o: p.__setitem__(key, value)
+
+    def replace_grad(key, value):
+        return lambda p, g, o: g.__setitem__(key, value)
+
+    def reshape_param_and_grad(p, g, o):  # the state still has the old shape
+        p["b2"], g["b2"] = np.ones(4), np.ones(4)
+
+    return [
+        ("missing grad", lambda p, g, o: g.pop("b2"), ValueError),
+        ("extra grad", lambda p, g, o: g.__setitem__("W3", np.ones(2)), ValueError),
+        ("grad shape", replace_grad("b2", np.ones(4)), ValueError),
+        ("grad dtype", replace_grad("b2", np.ones(3, np.float32)), TypeError),
+        ("grad list", replace_grad("b2", [1.0, 2.0, 3.0]), TypeError),
+        ("int param", replace_param("b2", np.ones(3, int)), TypeError),
+        ("strided param", replace_param("b2", np.ones(6)[::2]), ValueError),
+        ("read-only param", replace_param("b2", _read_only(np.ones(3))), ValueError),
+        ("param reshaped", reshape_param_and_grad, ValueError),
+        ("nan lr", lambda p, g, o: setattr(o, "lr", math.nan), ValueError),
+        ("negative lr", lambda p, g, o: setattr(o, "lr", -0.1), ValueError),
+        ("bad wd", lambda p, g, o: setattr(o, "weight_decay", math.inf), ValueError),
+        ("strided state", lambda p, g, o: o.state["b2"].update(
+            {k: np.zeros(6)[::2] for k, v in o.state["b2"].items() if isinstance(v, np.ndarray)}),
+         ValueError),
+    ]
+
+
+@pytest.mark.parametrize("case", ["momentum", "adam", "rmsprop"])
+def test_bad_step_raises_and_changes_nothing(rng, case):
+    cls, _, kwargs = CLASS_CASES[case]
+    for label, mutate, err in _class_failures():
+        params = _model(rng, np.float64)
+        opt = cls(**kwargs)
+        opt.step(params, _grads(rng, params))  # state exists for every parameter
+        grads = _grads(rng, params)
+        mutate(params, grads, opt)
+        before = copy.deepcopy((params, opt.state))
+        with pytest.raises(err):
+            opt.step(params, grads)
+        _assert_unchanged(params, before[0])  # W1, b1, W2 (checked first) were not updated
+        _assert_unchanged(opt.state, before[1])
+    with pytest.raises(TypeError, match="params"):
+        cls(**kwargs).step([np.ones(2)], [np.ones(2)])
+
+
+@pytest.mark.parametrize("make,err,match", [
+    (lambda: optim.SGD(-0.1), ValueError, "lr"),
+    (lambda: optim.SGD(math.nan), ValueError, "lr"),
+    (lambda: optim.SGD("0.1"), TypeError, "lr"),
+    (lambda: optim.SGD(0.1, momentum=1.0), ValueError, "momentum"),
+    (lambda: optim.SGD(0.1, momentum=-0.5), ValueError, "momentum"),
+    (lambda: optim.SGD(0.1, weight_decay=-1e-4), ValueError, "weight_decay"),
+    (lambda: optim.SGD(0.1, nesterov=True), ValueError, "nesterov"),
+    (lambda: optim.SGD(0.1, momentum=0.9, nesterov="yes"), TypeError, "nesterov"),
+    (lambda: optim.Adam(betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
+    (lambda: optim.Adam(betas=(-0.1, 0.9)), ValueError, r"betas\[0\]"),
+    (lambda: optim.Adam(betas=0.9), ValueError, "betas"),
+    (lambda: optim.Adam(eps=0.0), ValueError, "eps"),
+    (lambda: optim.Adam(lr=math.inf), ValueError, "lr"),
+    (lambda: optim.RMSProp(alpha=1.0), ValueError, "alpha"),
+    (lambda: optim.RMSProp(eps=-1e-8), ValueError, "eps"),
+    (lambda: optim.RMSProp(weight_decay=math.nan), ValueError, "weight_decay"),
+])
+def test_constructor_validates_hyperparameters(make, err, match):
+    with pytest.raises(err, match=match):
+        make()
+
+
+# --------------------------------------------------------------------------------------------
+# backends
+
+
+@pytest.mark.parametrize("backend", ["numpy", "checked"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rules_and_optimizers_give_the_same_numbers_on_every_backend(rng, backend, dtype):
+    w = rng.standard_normal((40, 30)).astype(dtype)
+    grads = [rng.standard_normal(w.shape).astype(dtype) for _ in range(3)]
+
+    def run():
+        out = {}
+        for rule, (fast, _, hyper, _) in RULES.items():
+            x, config = w.copy(), dict(hyper)
+            for g in grads:
+                x, config = fast(x, g, config)
+            out[rule] = x
+        for case, (cls, _, kwargs) in CLASS_CASES.items():
+            params, opt = {"w": w.copy()}, cls(**kwargs)
+            for g in grads:
+                opt.step(params, {"w": g})
+            out[case] = params["w"]
+        return out
+
+    compiled = run()
+    with fastbp.use_backend(backend):
+        other = run()
+    for key in compiled:
+        assert_close(other[key], compiled[key], dtype, scale=4)
+
+
+def test_rules_and_optimizers_call_the_backends_kernels(rng, monkeypatch):
+    calls = []
+    for name in OPTIM_KERNELS:
+        real = getattr(reference, name)
+        monkeypatch.setattr(reference, name,
+                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or
+                            _real(*a, **k))
+    w, dw = rng.standard_normal(4), rng.standard_normal(4)
+    with fastbp.use_backend("numpy"):
+        optim.sgd(w.copy(), dw)
+        optim.sgd_momentum(w, dw)
+        optim.sgd_momentum_torch(w, dw)
+        optim.rmsprop(w, dw)
+        optim.adam(w, dw)
+        for opt in (optim.SGD(0.1), optim.SGD(0.1, momentum=0.9), optim.Adam(), optim.RMSProp()):
+            opt.step({"w": w.copy()}, {"w": dw})
+    assert calls == ["sgd_step", "sgd_momentum_step", "momentum_step", "rmsprop_step",
+                     "adam_step", "sgd_step", "momentum_step", "adam_step", "rmsprop_step"]
+    calls.clear()
+    optim.adam(w, dw)  # compiled again: the reference is not called
+    assert calls == []
+
+
+def test_checked_backend_catches_a_corrupted_optimizer_kernel(rng, monkeypatch):
+    real = _kernels.adam_step
+
+    def corrupted(w, *args, **kwargs):
+        real(w, *args, **kwargs)
+        w[2] += 1e-3
+
+    monkeypatch.setattr(_kernels, "adam_step", corrupted)
+    with fastbp.use_backend("checked"):
+        with pytest.raises(fastbp.CheckError, match="adam_step"):
+            optim.adam(rng.standard_normal(5), rng.standard_normal(5))
