@@ -14,9 +14,10 @@ c. Parameters are read LIVE from ``self.params[name]`` on every call and never c
    course's numerical gradient check perturbs them in place and Solver rebinds them.
 d. Dropout uses fastbp's counter-based mask (:func:`fastbp.layers.dropout_forward`), not
    ``np.random.rand``: with a ``seed`` the loss is deterministic (gradient checks work, as in
-   the course), but the masks differ from the course's.  Each dropout layer gets its own seed
-   (``seed + layer index``; the course reseeds every layer with the same seed, which gives
-   equal-width layers the same mask).
+   the course), but the masks differ from the course's.  Each dropout layer gets its own seed:
+   ``seed + l - 1`` after hidden layer l (so the first layer's mask is what
+   ``layers.dropout_forward(x, model.dropout_param)`` draws); the course reseeds every layer
+   with the same seed, which gives equal-width layers the same mask.
 e. Not implemented: batch and layer normalisation (``normalization`` other than None raises).
    Deliberate differences from the course code, all in its error paths: arguments are checked
    up front (ValueError/TypeError naming the argument), and ``Solver.train`` leaves the model's
@@ -24,7 +25,6 @@ e. Not implemented: batch and layer normalisation (``normalization`` other than 
    ``model.params = {}``).
 """
 
-import importlib
 import math
 import numbers
 import os
@@ -33,6 +33,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import optim
 from .layers import (
     affine_backward,
     affine_forward,
@@ -336,13 +337,12 @@ _DEFAULTS = {
 
 
 def _resolve_update_rule(rule):
-    """A callable rule as is; a name looked up in fastbp.optim (its public update rules)."""
+    """A callable rule as is; a name: one of fastbp.optim's public update-rule functions."""
     if callable(rule) and not isinstance(rule, type):
         return rule
-    if isinstance(rule, str) and not rule.startswith("_"):
-        optim = importlib.import_module("fastbp.optim")
-        found = getattr(optim, rule, None)
-        if callable(found) and not isinstance(found, type):
+    if isinstance(rule, str) and rule in optim.__all__:
+        found = getattr(optim, rule)
+        if not isinstance(found, type):  # the optimizer classes (SGD, Adam, ...) are not rules
             return found
     raise ValueError('Invalid update_rule "%s"' % (rule,))
 
@@ -366,7 +366,8 @@ class Solver:
         ``y_val`` (N_val,).
     update_rule : str or callable, default "sgd"
         Name of an update rule in :mod:`fastbp.optim` ("sgd", "sgd_momentum", "rmsprop",
-        "adam"), or any ``rule(w, dw, config) -> (next_w, config)``.
+        "adam", "sgd_momentum_torch"), looked up when the Solver is built, or any callable
+        ``rule(w, dw, config) -> (next_w, config)``.
     optim_config : dict, default {}
         Hyper-parameters given to the update rule; each parameter gets its own (shallow) copy.
     lr_decay : float, default 1.0

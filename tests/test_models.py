@@ -459,7 +459,7 @@ def test_solver_rejects_unknown_arguments_and_rules():
     model, data = TwoLayerNet(input_dim=6, hidden_dim=4, num_classes=3), _small_data()
     with pytest.raises(ValueError, match='Unrecognized arguments "learning_rate", "foo"'):
         Solver(model, data, learning_rate=1e-3, foo=1)
-    for rule in ("nope", "_config", "Adam", 42):
+    for rule in ("nope", "_config", "np", "Adam", "SGD", 42):
         with pytest.raises(ValueError, match='Invalid update_rule "%s"' % rule):
             Solver(model, data, update_rule=rule)
     with pytest.raises(ValueError, match="y_val"):
@@ -470,7 +470,8 @@ def test_solver_rejects_unknown_arguments_and_rules():
         Solver(model, data, optim_config=[("learning_rate", 1.0)])
 
 
-@pytest.mark.parametrize("update_rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("update_rule", ["sgd", "sgd_momentum", "rmsprop", "adam",
+                                         "sgd_momentum_torch"])
 def test_solver_runs_every_course_rule(update_rule):
     np.random.seed(0)
     model = FullyConnectedNet([8], input_dim=6, num_classes=3)
