@@ -419,7 +419,9 @@ def _keep_prob(dropout_param):
         raise ValueError("dropout_param must give 'p', the probability of keeping a unit")
     p = _real(dropout_param["p"], "dropout_param['p']")
     if not 0.0 < p <= 1.0:
-        raise ValueError(f"dropout_param['p'] is the keep probability and must lie in (0, 1], got {p}")
+        raise ValueError(
+            f"dropout_param['p'] is the keep probability and must lie in (0, 1], got {p}"
+        )
     return p
 
 

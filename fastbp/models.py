@@ -162,7 +162,7 @@ class TwoLayerNet:
 
 
 class FullyConnectedNet:
-    """Fully-connected network of any depth: {affine - relu - [dropout]} x (L - 1) - affine - softmax.
+    """Fully-connected network: {affine - relu - [dropout]} x (L - 1) - affine - softmax.
 
     Parameters
     ----------

@@ -164,7 +164,8 @@ def test_backward_course_check():
     dropout_param = {"mode": "train", "p": 0.2, "seed": 123}
     out, cache = dropout_forward(x, dropout_param)
     dx = dropout_backward(dout, cache)
-    dx_num = eval_numerical_gradient_array(lambda xx: dropout_forward(xx, dropout_param)[0], x, dout)
+    dx_num = eval_numerical_gradient_array(
+        lambda xx: dropout_forward(xx, dropout_param)[0], x, dout)
     assert rel_error(dx, dx_num) < 1e-10
     np.testing.assert_array_equal(dx, dout * cache[1])
 

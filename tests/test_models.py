@@ -255,6 +255,24 @@ def test_fc_net_dropout_modes_and_seeding():
     assert c != d and c == e
 
 
+def test_fc_net_dropout_masks_follow_the_documented_seeds():
+    # hidden layer l uses dropout seed `seed + l - 1`: recompute the loss with the layer API
+    from fastbp.layers import dropout_forward
+
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((7, 15))
+    y = rng.integers(10, size=7)
+    model = _fc_model(keep=0.5, seed=40, dims=(25, 25), reg=0.2)
+    loss, _ = model.loss(X, y)
+    h, p = X, model.params
+    for layer in (1, 2):
+        h = np.maximum(h @ p[f"W{layer}"] + p[f"b{layer}"], 0)
+        h, _ = dropout_forward(h, {"mode": "train", "p": 0.5, "seed": 40 + layer - 1})
+    l2 = sum(np.sum(p[f"W{layer}"] ** 2) for layer in (1, 2, 3))
+    expected = _softmax_loss(h @ p["W3"] + p["b3"], y) + 0.5 * 0.2 * l2
+    assert rel_error(loss, expected) < 1e-12
+
+
 @pytest.mark.parametrize("backend", ["numpy", "checked"])
 @pytest.mark.parametrize("keep", [1, 0.5])
 def test_fc_net_backends_agree(backend, keep):

@@ -25,7 +25,8 @@ def _mix64_int(z):
 def dropout_forward(x, out, mask, keep_prob, seed, n_threads=1):
     """mask := keep(seed, i) / keep_prob;  out := x * mask   (all 1-D, length N).
 
-    Element i is kept when ``mix64(mix64(seed) + (i + 1) * GOLDEN) >> 11 < floor(keep_prob * 2**53)``.
+    Element i is kept when
+    ``mix64(mix64(seed) + (i + 1) * GOLDEN) >> 11 < floor(keep_prob * 2**53)``.
     """
     n = x.shape[0]
     if out.shape[0] != n or mask.shape[0] != n:
