@@ -38,6 +38,8 @@ __all__ = [
     "softmax_loss",
     "svm_loss",
     "mse_loss",
+    "dropout_forward",
+    "dropout_backward",
 ]
 
 
@@ -392,3 +394,121 @@ def mse_loss(pred, target):
     loss = kernels().mse(p2, t2, dpred, np.empty(rows, np.float64), 1.0 / p.size,
                          threads_for(p.size))
     return dtype.type(loss), dpred.reshape(p.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# dropout
+
+_DROPOUT_MODES = ("train", "test")
+_SEED_LIMIT = 1 << 64
+
+
+def _dropout_mode(dropout_param):
+    if not hasattr(dropout_param, "get"):
+        raise TypeError(
+            f"dropout_param must be a dict with 'mode' and 'p', got {type(dropout_param).__name__}"
+        )
+    mode = dropout_param.get("mode")
+    if mode not in _DROPOUT_MODES:
+        raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
+    return mode
+
+
+def _keep_prob(dropout_param):
+    if "p" not in dropout_param:
+        raise ValueError("dropout_param must give 'p', the probability of keeping a unit")
+    p = _real(dropout_param["p"], "dropout_param['p']")
+    if not 0.0 < p <= 1.0:
+        raise ValueError(
+            f"dropout_param['p'] is the keep probability and must lie in (0, 1], got {p}"
+        )
+    return p
+
+
+def _dropout_seed(dropout_param):
+    """The seed given in dropout_param, else one drawn from NumPy's global random state."""
+    seed = dropout_param.get("seed")
+    if seed is None:
+        # honours np.random.seed(...), as the course's np.random.rand mask does
+        return int(np.random.randint(0, _SEED_LIMIT, dtype=np.uint64))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"dropout_param['seed'] must be an integer, got {type(seed).__name__}")
+    if not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"dropout_param['seed'] must lie in [0, 2**64), got {seed}")
+    return int(seed)
+
+
+def dropout_forward(x, dropout_param):
+    """Inverted dropout forward (the course contract; ``p`` is the probability of KEEPING a unit).
+
+    In train mode each element is kept with probability ``p`` and scaled by ``1 / p`` (so the
+    expected output equals the input and test mode needs no rescaling); in test mode the input
+    is returned unchanged.
+
+    The mask is not the course's ``np.random.rand(*x.shape) < p``: fastbp draws it from a
+    counter-based generator (splitmix64 of the seed and the element's index), so it is the same
+    for any thread count and reproducible from the seed alone.  Its statistics are the course's:
+    each element is kept independently with probability ``p`` (to 1e-16).
+
+    Parameters
+    ----------
+    x : array_like, any shape
+    dropout_param : dict
+        ``"mode"``: ``"train"`` or ``"test"``;  ``"p"``: keep probability in (0, 1];
+        ``"seed"`` (optional): integer in [0, 2**64).  With a seed, every call gives the same
+        mask for the same shape; without one (or with None), a seed is drawn from NumPy's global
+        random state, so ``np.random.seed(...)`` makes a run reproducible, as in the course.
+
+    Returns
+    -------
+    out : ndarray, shape of x
+        ``x * mask`` in train mode (dtype by NumPy promotion of x: float32 stays float32,
+        integers become float64); x itself in test mode.
+    cache : tuple
+        ``(dropout_param, mask)``; mask (shape of x, values 0 or ``1/p``) is None in test mode.
+
+    Raises
+    ------
+    ValueError
+        For a mode other than "train"/"test", ``p`` outside (0, 1] or missing, or a seed
+        outside [0, 2**64).
+    TypeError
+        For a non-dict dropout_param, a non-real ``p``, a non-integer seed or a non-numeric x.
+    """
+    mode = _dropout_mode(dropout_param)
+    p = _keep_prob(dropout_param)
+    a = as_array(x, "x")
+    if mode == "test":
+        return a, (dropout_param, None)
+    seed = _dropout_seed(dropout_param)
+    dtype = compute_dtype(a)
+    out = np.empty(a.shape, dtype)
+    mask = np.empty(a.shape, dtype)
+    kernels().dropout_forward(
+        as_float(a, "x", dtype).reshape(-1), out.reshape(-1), mask.reshape(-1), p, seed,
+        threads_for(a.size),
+    )
+    return out, (dropout_param, mask)
+
+
+def dropout_backward(dout, cache):
+    """Inverted dropout backward: ``dx = dout * mask`` in train mode, ``dout`` in test mode.
+
+    Parameters
+    ----------
+    dout : array_like
+        Upstream gradient, shape of x.
+    cache : tuple
+        ``(dropout_param, mask)`` from :func:`dropout_forward`.
+
+    Returns
+    -------
+    dx : ndarray
+    """
+    dropout_param, mask = unpack_cache(cache, "cache", 2)
+    mode = _dropout_mode(dropout_param)
+    if mode == "test":
+        return as_array(dout, "dout")
+    if mask is None:
+        raise ValueError("cache holds no mask, but its dropout_param says mode 'train'")
+    return _backward("dropout_backward", dout, mask, "cache mask")

@@ -5,13 +5,14 @@ It is written to be obviously correct, not fast.  ``n_threads`` is accepted and 
 It never imports the compiled kernels.
 """
 
-from . import activations, blas, fused, linear, losses, optim
+from . import activations, blas, dropout, fused, linear, losses, optim
 from .activations import *  # noqa: F401,F403
 from .blas import *  # noqa: F401,F403
+from .dropout import *  # noqa: F401,F403
 from .fused import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
 
-_MODULES = (blas, linear, activations, losses, fused, optim)
+_MODULES = (blas, linear, activations, losses, fused, optim, dropout)
 KERNELS = tuple(name for module in _MODULES for name in module.__all__)

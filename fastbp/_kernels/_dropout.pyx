@@ -1,0 +1,80 @@
+# cython: language_level=3
+"""Inverted dropout: out = x * mask, mask = keep / keep_prob, from a counter-based RNG.
+
+Design
+------
+a. Layout: x, out, mask, dout, dx are 1-D C-contiguous buffers of one float dtype (the fused
+   type `floating`); the Python layer ravels N-d arrays.  Inputs are `const` (read-only arrays
+   work); outputs are passed in and written (kernels never allocate).
+b. Randomness is a pure function of (seed, element index): element i is kept when
+   ``splitmix64(key + (i + 1) * GOLDEN) >> 11  <  floor(keep_prob * 2**53)`` with
+   ``key = splitmix64(seed)``.  There is no generator state, so the mask is the same for any
+   thread count and any schedule, and the NumPy twin (fastbp/reference/dropout.py) reproduces
+   it bit for bit with uint64 arrays (wraparound arithmetic).  Hashing the seed first makes
+   nearby seeds (s, s + 1, s + GOLDEN) give unrelated masks instead of shifted copies.
+c. The keep test is integer arithmetic on the top 53 bits (the same resolution as a float64
+   uniform in [0, 1)), so P(keep) = floor(keep_prob * 2**53) / 2**53: exact to 1.1e-16 and
+   exactly 1 for keep_prob = 1 (every 53-bit value is < 2**53).  keep_prob * 2**53 is exact in
+   double (a power-of-two scale) and the truncation to uint64 is the same in C and Python.
+d. The loop is branch-free: mask = (kept) * scale with scale = 1/keep_prob rounded once to the
+   dtype, out = x * mask in the dtype (what NumPy computes, so the twin agrees bitwise).
+   Parallel over elements, schedule static; each element is independent.
+e. Not done here: the train/test switch, seeding policy and validation of keep_prob and seed
+   range (fastbp.layers.dropout_forward does them before any kernel runs).
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport uint64_t
+
+__all__ = ["dropout_forward", "dropout_backward"]
+
+cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15ULL   # 2**64 / golden ratio: the splitmix64 increment
+
+
+cdef inline uint64_t _mix64(uint64_t z) noexcept nogil:
+    """splitmix64 finaliser (Steele, Lea & Flood 2014; the constants of Java's SplittableRandom)."""
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+def _length_error(kernel, name, got, expected):
+    return ValueError(f"{kernel}: {name} has length {got}, expected {expected}")
+
+
+def dropout_forward(const floating[::1] x, floating[::1] out, floating[::1] mask,
+                    double keep_prob, uint64_t seed, int n_threads=1):
+    """mask := keep(seed, i) / keep_prob;  out := x * mask   (all 1-D, length N).
+
+    keep(seed, i) is 1 with probability keep_prob, a pure function of (seed, i) (design b).
+    keep_prob must lie in (0, 1]; keep_prob = 1 keeps everything (mask 1, out = x).
+    """
+    cdef Py_ssize_t i, n = x.shape[0]
+    if out.shape[0] != n:
+        raise _length_error("dropout_forward", "out", out.shape[0], n)
+    if mask.shape[0] != n:
+        raise _length_error("dropout_forward", "mask", mask.shape[0], n)
+    if not (0.0 < keep_prob <= 1.0):
+        raise ValueError(f"dropout_forward: keep_prob must lie in (0, 1], got {keep_prob}")
+    cdef uint64_t threshold = <uint64_t>(keep_prob * 9007199254740992.0)  # keep_prob * 2**53
+    cdef uint64_t key = _mix64(seed)
+    cdef floating scale = <floating>(1.0 / keep_prob)
+    cdef floating m
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            m = <floating>((_mix64(key + <uint64_t>(i + 1) * GOLDEN) >> 11) < threshold) * scale
+            mask[i] = m
+            out[i] = x[i] * m
+
+
+def dropout_backward(const floating[::1] dout, const floating[::1] mask, floating[::1] dx,
+                     int n_threads=1):
+    """dx := dout * mask   (the mask dropout_forward wrote; all 1-D, length N)."""
+    cdef Py_ssize_t i, n = dout.shape[0]
+    if mask.shape[0] != n:
+        raise _length_error("dropout_backward", "mask", mask.shape[0], n)
+    if dx.shape[0] != n:
+        raise _length_error("dropout_backward", "dx", dx.shape[0], n)
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            dx[i] = dout[i] * mask[i]
