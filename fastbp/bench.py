@@ -2,8 +2,8 @@
 
 Used by ``benchmarks/bench_step.py`` (pytest-benchmark) and by ``fastbp bench``, so both time
 exactly the same code.  Each ``IMPLEMENTATIONS`` entry builds, for a given network and batch,
-a zero-argument ``step()`` that runs forward, loss, backward and the parameter update once on a
-fixed batch; all start from the same weights (He-normal, seeded) and use the same learning rate
+a ``step(x=x, y=y)`` that runs forward, loss, backward and the parameter update once (on the
+given batch, by default the one it was built with; ``bench_epoch`` feeds it every batch); all start from the same weights (He-normal, seeded) and use the same learning rate
 and momentum (0.9).
 
 * ``fastbp``          fastbp.nn ``Sequential.train_step`` (the fused path)
@@ -70,15 +70,15 @@ def _fastbp_model(sizes, weights, dtype):
 def fastbp_step(sizes, x, y, weights):
     model = _fastbp_model(sizes, weights, x.dtype)
     loss, opt = nn.SoftmaxCrossEntropy(), optim.SGD(LR, momentum=MOMENTUM)
-    return lambda: model.train_step(x, y, loss, opt)
+    return lambda xb=x, yb=y: model.train_step(xb, yb, loss, opt)
 
 
 def fastbp_unfused_step(sizes, x, y, weights):
     model = _fastbp_model(sizes, weights, x.dtype)
     loss, opt = nn.SoftmaxCrossEntropy(), optim.SGD(LR, momentum=MOMENTUM)
 
-    def step():
-        value = loss.forward(model.forward(x), y)
+    def step(xb=x, yb=y):
+        value = loss.forward(model.forward(xb), yb)
         model.backward(loss.backward())
         opt.step(model.params, model.grads)
         return value
@@ -89,9 +89,9 @@ def fastbp_unfused_step(sizes, x, y, weights):
 def numpy_backend_step(sizes, x, y, weights):
     inner = fastbp_step(sizes, x, y, weights)
 
-    def step():
+    def step(xb=x, yb=y):
         with use_backend("numpy"):
-            return inner()
+            return inner(xb, yb)
 
     return step
 
@@ -100,9 +100,9 @@ def course_numpy_step(sizes, x, y, weights):
     """What a course notebook does: affine/relu/softmax in NumPy, then ``sgd_momentum``."""
     params = [(w.copy(), b.copy()) for w, b in weights]
     velocity = [(np.zeros_like(w), np.zeros_like(b)) for w, b in params]
-    n = x.shape[0]
 
-    def step():
+    def step(x=x, y=y):
+        n = x.shape[0]
         hs, h = [x], x
         for i, (w, b) in enumerate(params):
             h = h @ w + b
@@ -147,14 +147,13 @@ def torch_step(sizes, x, y, weights):
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
+    def step(xb=x, yb=y):
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(xb)),
+                                                 torch.from_numpy(yb))
         loss.backward()
         opt.step()
-        return loss
+        return loss.detach()
 
     return step
 
@@ -175,7 +174,7 @@ def sklearn_step(sizes, x, y, weights):
         clf.partial_fit(x, y, classes=classes)
     clf.coefs_ = [w.copy() for w, _ in weights]
     clf.intercepts_ = [b.copy() for _, b in weights]
-    return lambda: clf.partial_fit(x, y)
+    return lambda xb=x, yb=y: clf.partial_fit(xb, yb)
 
 
 def gemms_only_step(sizes, x, y, weights):
@@ -187,7 +186,7 @@ def gemms_only_step(sizes, x, y, weights):
     dxs = [np.empty((n, w.shape[0]), dtype) for w in ws]
     grad = [np.ones((n, w.shape[1]), dtype) * 1e-3 for w in ws]
 
-    def step():
+    def step(xb=None, yb=None):
         h = x
         for w, out in zip(ws, outs):
             np.matmul(h, w, out=out)
