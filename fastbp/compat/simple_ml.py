@@ -459,8 +459,9 @@ def _evaluate(X, labels, weights):
         b = block.shape[0]
         h = block
         for w, out in zip(weights[:-1], outputs):
-            k.linear_act_forward(h, w, None, "relu", 0.0, None, out[:b], threads_for(b * w.shape[1]))
-            h = out[:b]
+            hidden = out[:b]
+            k.linear_act_forward(h, w, None, "relu", 0.0, None, hidden, threads_for(hidden.size))
+            h = hidden
         logits = outputs[-1][:b]
         k.linear_forward(h, weights[-1], None, logits, threads_for(logits.size))
         yb = labels[start:start + b]
@@ -545,8 +546,7 @@ def _train_data(X_tr, y_tr, X_te, y_te):
         )
     y = np.asarray(y_tr)
     # hw0: num_classes = y_tr.max() + 1; a wrong dtype or shape is reported by _labels below
-    k = int(y.max()) + 1 if y.dtype.kind in "iu" and y.size else 1
-    k = max(k, 1)
+    k = max(int(y.max()) + 1, 1) if y.dtype.kind in "iu" and y.size else 1
     context = f"num_classes = y_tr.max() + 1 = {k}"
     y_tr = _labels(y, "y_tr", X_tr.shape[0], k, f"X_tr has {X_tr.shape[0]} rows; {context}")
     y_te = _labels(y_te, "y_te", X_te.shape[0], k, f"X_te has {X_te.shape[0]} rows; {context}")
