@@ -142,7 +142,7 @@ def softmax_loss(Z, y):
 
     Returns
     -------
-    loss : NumPy scalar of Z's dtype (float64 for integer Z)
+    loss : NumPy scalar of Z's dtype (float64 for integer Z, float32 for float16)
         ``mean_i (log sum_j exp(Z_ij) - Z_i,y_i)``.
 
     Raises
