@@ -8,6 +8,10 @@ Policy (DESIGN.md §6):
   and threadpoolctl limits apply), capped at the cores this process may run on.
 * Work below ``PARALLEL_MIN_WORK`` elements runs on one thread: starting a parallel region
   costs more than it saves there.
+* Two pools must not fight: fastbp/__init__.py sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the
+  user set it) before the kernels load, so OpenMP workers sleep between regions instead of
+  spinning while BLAS's threads run a GEMM (a spinning pool made a step 100x slower on a busy
+  2-core machine).  ``config()`` reports the policy in force.
 """
 
 import os
@@ -108,6 +112,7 @@ def config():
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "openmp": openmp_enabled(),
+        "omp wait policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "threads": get_num_threads(),
         "usable cores": USABLE_CORES,
         "backend": get_backend(),
