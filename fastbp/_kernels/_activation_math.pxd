@@ -21,6 +21,10 @@ from cython cimport floating
 from ._math cimport vexp
 
 cdef extern from "fastbp_math.h" nogil:
+    # `void`, cloned per ISA (AVX-512 / AVX2 / baseline) with runtime dispatch where the compiler
+    # supports it: the return type of loop functions that should run at the CPU's full width.
+    ctypedef void cloned_void "FASTBP_CLONED_VOID"
+    int FASTBP_SIMD_CLONES
     double fastbp_expm1(double x)
     float fastbp_expm1f(float x)
     double fastbp_tanh(double x)

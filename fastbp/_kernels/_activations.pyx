@@ -41,8 +41,9 @@ from cython.parallel cimport prange
 from cython cimport floating
 
 from ._activation_math cimport (
-    elu_bwd, elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd, gelu_tanh_fwd, leaky_relu_bwd,
-    leaky_relu_fwd, relu_bwd, relu_fwd, sigmoid_bwd, sigmoid_fwd, tanh_bwd, tanh_fwd,
+    FASTBP_SIMD_CLONES, cloned_void, elu_bwd, elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd,
+    gelu_tanh_fwd, leaky_relu_bwd, leaky_relu_fwd, relu_bwd, relu_fwd, sigmoid_bwd, sigmoid_fwd,
+    tanh_bwd, tanh_fwd,
 )
 
 __all__ = [
@@ -53,6 +54,9 @@ __all__ = [
     "elu_forward", "elu_backward",
     "gelu_forward", "gelu_backward",
 ]
+
+#: True when the loops below were built as per-ISA clones chosen at load time (see design c).
+SIMD_CLONES = bool(FASTBP_SIMD_CLONES)
 
 # Elements per block: 16 KiB of float32 per stream, large enough that the per-block dispatch is
 # noise, small enough that a (64, 4096) batch still splits evenly over a few threads.
@@ -75,65 +79,79 @@ cdef enum Op:
     GELU_TANH_BWD
 
 
-# One loop per operation, each its own small function: gcc inlines the exp-family helpers into a
-# small caller, but gave up inlining fastbp_expf (so did not vectorise) when all fourteen loops
-# sat in one function.  Forwards ignore `b` (NULL) and `alpha` where they take none.
+# One loop per operation, each its own small function, cloned per ISA (cloned_void: AVX-512,
+# AVX2 and baseline copies, the best picked at load time).  Separate functions also keep gcc
+# inlining the exp-family helpers (it gave up on fastbp_expf, so did not vectorise, when all
+# fourteen loops sat in one function).  Forwards ignore `b` (NULL) and `alpha` where they take
+# none.
 ctypedef const floating *cptr
 
-cdef void _relu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _relu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = relu_fwd(a[i])
 
-cdef void _relu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _relu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = relu_bwd(a[i], b[i])
 
-cdef void _leaky_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _leaky_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                            floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = leaky_relu_fwd(a[i], alpha)
 
-cdef void _leaky_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _leaky_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                            floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = leaky_relu_bwd(a[i], b[i], alpha)
 
-cdef void _sigmoid_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _sigmoid_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                              floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = sigmoid_fwd(a[i])
 
-cdef void _sigmoid_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _sigmoid_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                              floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = sigmoid_bwd(a[i], b[i])
 
-cdef void _tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = tanh_fwd(a[i])
 
-cdef void _tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = tanh_bwd(a[i], b[i])
 
-cdef void _elu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _elu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                          floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = elu_fwd(a[i], alpha)
 
-cdef void _elu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _elu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                          floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = elu_bwd(a[i], b[i], alpha)
 
-cdef void _gelu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _gelu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = gelu_fwd(a[i])
 
-cdef void _gelu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _gelu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = gelu_bwd(a[i], b[i])
 
-cdef void _gelu_tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+cdef cloned_void _gelu_tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
                          floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = gelu_tanh_fwd(a[i])
 
-cdef void _gelu_tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+cdef cloned_void _gelu_tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
                          floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = gelu_tanh_bwd(a[i], b[i])
