@@ -62,7 +62,7 @@ cdef inline floating vtanh(floating x) noexcept nogil:
 cdef inline floating ndtr(floating x) noexcept nogil:
     """Phi(x), the standard normal CDF, accurate relative to Phi also in the left tail."""
     if floating is float:
-        return fastbp_ndtrf(x)  # vectorisable (Numerical Recipes erfcc fit, < 5e-7 relative)
+        return fastbp_ndtrf(x)  # vectorisable (erfcx polynomial fit, < 5e-7 relative)
     else:
         return 0.5 * erfc(-0.7071067811865476 * x)  # libm, scalar
 
