@@ -44,7 +44,7 @@ def inputs(n, dtype, seed=0):
 
 
 def run(mod, name, kw, x, dout, n_threads=1):
-    """(forward output, backward dx) of `mod`, backward fed the saved x or y as the kernel wants."""
+    """(forward output, backward dx) of `mod`; backward is fed the saved x or y it asks for."""
     saved_kind = ACTIVATIONS[name][0]
     out = np.full_like(x, np.nan)
     getattr(mod, f"{name}_forward")(x, out, n_threads=n_threads, **kw)
@@ -87,7 +87,7 @@ def test_matches_reference(name, kw, dtype, n, n_threads):
 @pytest.mark.parametrize("shape", ODD_SHAPES)
 @pytest.mark.parametrize("name, kw", CASES)
 def test_outputs_land_in_the_given_buffers(name, kw, shape, dtype):
-    """A raveled 2-D output is filled in place; a window into a larger buffer is written exactly."""
+    """A raveled 2-D output is filled in place; a window into a larger buffer, exactly."""
     rng = np.random.default_rng(1)
     x2 = readonly(rng.standard_normal(shape).astype(dtype))
     dout2 = readonly(rng.standard_normal(shape).astype(dtype))
