@@ -9,40 +9,49 @@ a. Layout: every buffer is 1-D and C-contiguous (``floating[::1]``); the Python 
    naming the arguments otherwise), checked before the GIL is released.  An output may be the
    same buffer as an input (in place): each element is read before it is written.
 b. Who allocates: nobody here; ``out`` / ``dx`` are passed in and overwritten.
-c. Threads: the flat index range is cut into blocks of BLOCK elements; ``prange`` hands
-   contiguous runs of blocks to at most ``n_threads`` OpenMP threads (schedule="static"), and
-   each block is a plain ``for`` over a scalar helper from _activation_math.pxd, which gcc
-   vectorises (SSE2 at the baseline ISA: 4 floats / 2 doubles per instruction).  Every element
-   is computed by the same code whatever the thread count, so results are bitwise identical run
-   to run and across thread counts.  The choice of operation (and of the GELU form) is made once
-   per block, outside the element loop; there are no reductions.  How many threads a call
-   deserves (serial below some size) is the caller's policy (fastbp._config.threads_for).
-d. Numerics (see the helpers for the formulas):
-   - exp, expm1 and tanh are the branch-free polynomials of csrc/fastbp_math.h, since a libm
-     call in the loop would stop it vectorising (measured for exp: ~8x on softmax).
+c. Threads and SIMD: the flat index range is cut into blocks of BLOCK elements; ``prange``
+   hands contiguous runs of blocks to at most ``n_threads`` OpenMP threads (schedule="static"),
+   and each block is one call of a per-operation loop function: a plain ``for`` over a scalar
+   helper from _activation_math.pxd, which gcc vectorises.  The loop functions return
+   ``cloned_void`` (csrc/fastbp_math.h): gcc builds them for AVX-512, AVX2 and the baseline
+   (SSE2) and picks one per CPU at load time, since the build itself must target the baseline
+   (no -march=native) while NumPy and PyTorch dispatch to AVX-512 at run time; measured here,
+   the clones made the exp-based float32 loops 3-4x faster.  Without FMA contraction
+   (-std=c99) every clone performs the same IEEE operations, so results do not depend on the
+   CPU (checked bitwise against a -DFASTBP_NO_SIMD_CLONES build), on the thread count, or on the
+   run.  The operation (and the GELU form) is chosen once per block, outside the element loop;
+   there are no reductions.  How many threads a call deserves (serial below some size) is the
+   caller's policy (fastbp._config.threads_for).
+d. Numerics (see _activation_math.pxd and csrc/fastbp_math.h for the formulas):
+   - exp, expm1, tanh and the normal CDF are branch-free polynomials (csrc/fastbp_math.h), since
+     a libm call in the loop would stop it vectorising (measured for exp: ~8x on softmax).
    - sigmoid uses exp(-|x|) (never overflows) and the branch-stable quotient; tanh is
      -expm1(-2|x|)/(2 + expm1(-2|x|)) with the sign restored: bounded for any x, and relatively
      accurate near 0 (tanh(1e-8) = 1e-8).  ELU uses expm1, so alpha*(exp(x)-1) keeps its digits
      near 0.  tanh-GELU is evaluated as x*sigmoid(2u), which keeps relative precision for
-     x << 0 where 0.5*(1 + tanh(u)) cancels.
-   - exact GELU needs the normal CDF: float32 uses a vectorisable erfc fit (Numerical Recipes
-     erfcc, < 1.2e-7 fractional error, with the Gaussian factor's exponent split so x*x is not
-     rounded); float64 calls libm erfc per element (scalar: that loop does not vectorise).
-   - Finite inputs give finite outputs and gradients (tested at +-1e3 and +-1e4); NaN in x
-     gives NaN in every forward.  ReLU-type backwards select (``x > 0 ? dout : ...``) rather
-     than multiply by a mask, so dout = inf where the mask is 0 yields 0, not NaN.
-   - Derivative conventions at the kinks: ReLU and ELU use the left branch at x = 0 (ReLU'(0) =
-     0, leaky ReLU'(0) = alpha, ELU'(0) = alpha).
+     x << 0 where 0.5*(1 + tanh(u)) cancels; x is clamped to +-1e3 inside u (exact there).
+   - exact GELU needs the normal CDF Phi.  float32: Phi(-a) = t*q(t)*exp(-a^2/2)/2 with q a
+     polynomial fit of erfcx (relative error < 5e-7 measured, also in the far tail, unlike
+     0.5*(1 + erf(x/sqrt2))), the exponent split so that x*x is not rounded, one exp per element
+     for forward and backward alike.  float64: libm erfc per element (exact to ~1 ulp, but
+     scalar: that loop does not vectorise).
+   - Finite inputs give finite outputs and gradients (tested at +-1e3, +-1e4 and near the top of
+     the range); NaN in x gives NaN in every forward.  ReLU-type backwards select
+     (``x > 0 ? dout : ...``) rather than multiply by a mask, so dout = inf where the mask is 0
+     yields 0, not NaN.
+   - Derivative conventions at the kinks: the left branch at x = 0 (ReLU'(0) = 0, leaky
+     ReLU'(0) = alpha, ELU'(0) = alpha), as PyTorch.
 e. Not done: strided or N-D buffers (the caller makes them contiguous); fused bias/GEMM
    epilogues (those live with the GEMM and cimport the same helpers); a vectorised erfc in
-   double precision.
+   double precision; FMA (it would make results depend on the CPU).
 """
 from cython.parallel cimport prange
 from cython cimport floating
 
 from ._activation_math cimport (
-    elu_bwd, elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd, gelu_tanh_fwd, leaky_relu_bwd,
-    leaky_relu_fwd, relu_bwd, relu_fwd, sigmoid_bwd, sigmoid_fwd, tanh_bwd, tanh_fwd,
+    FASTBP_SIMD_CLONES, cloned_void, elu_bwd, elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd,
+    gelu_tanh_fwd, leaky_relu_bwd, leaky_relu_fwd, relu_bwd, relu_fwd, sigmoid_bwd, sigmoid_fwd,
+    tanh_bwd, tanh_fwd,
 )
 
 __all__ = [
@@ -53,6 +62,9 @@ __all__ = [
     "elu_forward", "elu_backward",
     "gelu_forward", "gelu_backward",
 ]
+
+#: True when the loops below were built as per-ISA clones chosen at load time (see design c).
+SIMD_CLONES = bool(FASTBP_SIMD_CLONES)
 
 # Elements per block: 16 KiB of float32 per stream, large enough that the per-block dispatch is
 # noise, small enough that a (64, 4096) batch still splits evenly over a few threads.
@@ -75,65 +87,79 @@ cdef enum Op:
     GELU_TANH_BWD
 
 
-# One loop per operation, each its own small function: gcc inlines the exp-family helpers into a
-# small caller, but gave up inlining fastbp_expf (so did not vectorise) when all fourteen loops
-# sat in one function.  Forwards ignore `b` (NULL) and `alpha` where they take none.
+# One loop per operation, each its own small function, cloned per ISA (cloned_void: AVX-512,
+# AVX2 and baseline copies, the best picked at load time).  Separate functions also keep gcc
+# inlining the exp-family helpers (it gave up on fastbp_expf, so did not vectorise, when all
+# fourteen loops sat in one function).  Forwards ignore `b` (NULL) and `alpha` where they take
+# none.
 ctypedef const floating *cptr
 
-cdef void _relu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _relu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = relu_fwd(a[i])
 
-cdef void _relu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _relu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = relu_bwd(a[i], b[i])
 
-cdef void _leaky_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _leaky_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                            floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = leaky_relu_fwd(a[i], alpha)
 
-cdef void _leaky_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _leaky_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                            floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = leaky_relu_bwd(a[i], b[i], alpha)
 
-cdef void _sigmoid_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _sigmoid_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                              floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = sigmoid_fwd(a[i])
 
-cdef void _sigmoid_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _sigmoid_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                              floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = sigmoid_bwd(a[i], b[i])
 
-cdef void _tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = tanh_fwd(a[i])
 
-cdef void _tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = tanh_bwd(a[i], b[i])
 
-cdef void _elu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _elu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                          floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = elu_fwd(a[i], alpha)
 
-cdef void _elu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _elu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                          floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = elu_bwd(a[i], b[i], alpha)
 
-cdef void _gelu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _gelu_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = gelu_fwd(a[i])
 
-cdef void _gelu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n, floating alpha) noexcept nogil:
+cdef cloned_void _gelu_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+                           floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = gelu_bwd(a[i], b[i])
 
-cdef void _gelu_tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+cdef cloned_void _gelu_tanh_fwd(cptr a, cptr b, floating *out, Py_ssize_t n,
                          floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = gelu_tanh_fwd(a[i])
 
-cdef void _gelu_tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
+cdef cloned_void _gelu_tanh_bwd(cptr a, cptr b, floating *out, Py_ssize_t n,
                          floating alpha) noexcept nogil:
     for i in range(n):
         out[i] = gelu_tanh_bwd(a[i], b[i])
