@@ -86,6 +86,13 @@ def threads_for(work):
     return 1 if work < PARALLEL_MIN_WORK else get_num_threads()
 
 
+def _simd_clones():
+    from ._kernels import _activations
+
+    return ("AVX-512 / AVX2 / baseline, chosen at run time" if _activations.SIMD_CLONES
+            else "baseline only")
+
+
 def _blas_info():
     from threadpoolctl import threadpool_info
 
@@ -113,6 +120,7 @@ def config():
         "scipy": scipy.__version__,
         "openmp": openmp_enabled(),
         "omp wait policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "simd clones": _simd_clones(),
         "threads": get_num_threads(),
         "usable cores": USABLE_CORES,
         "backend": get_backend(),

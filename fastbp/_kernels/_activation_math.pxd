@@ -18,13 +18,9 @@
 from libc.math cimport erfc, fabs, fabsf
 from cython cimport floating
 
-from ._math cimport vexp
+from ._math cimport FASTBP_SIMD_CLONES, cloned_void, vexp
 
 cdef extern from "fastbp_math.h" nogil:
-    # `void`, cloned per ISA (AVX-512 / AVX2 / baseline) with runtime dispatch where the compiler
-    # supports it: the return type of loop functions that should run at the CPU's full width.
-    ctypedef void cloned_void "FASTBP_CLONED_VOID"
-    int FASTBP_SIMD_CLONES
     double fastbp_expm1(double x)
     float fastbp_expm1f(float x)
     double fastbp_tanh(double x)

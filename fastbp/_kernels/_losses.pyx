@@ -52,7 +52,7 @@ from cython.parallel cimport prange
 from libc.math cimport log
 from libc.stdint cimport int64_t
 
-from ._math cimport vexp
+from ._math cimport cloned_void, vexp
 
 __all__ = ["softmax_cross_entropy", "svm_hinge", "mse"]
 
@@ -101,6 +101,14 @@ cdef inline floating _row_max(const floating *z, Py_ssize_t n) noexcept nogil:
     return m
 
 
+cdef cloned_void _exp_shifted(const floating *x, floating c, floating *out,
+                              Py_ssize_t n) noexcept nogil:
+    """out[k] := exp(x[k] - c); cloned per ISA, the hot loop of the softmax."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        out[k] = vexp(x[k] - c)
+
+
 cdef inline double _fill_sum(RowOp op, const floating *x, Py_ssize_t n, floating c, Py_ssize_t y,
                              floating *out, bint keep) noexcept nogil:
     """Σ_j op(x[j]) in double, lane order; op(x[j]) is written to out block by block.
@@ -119,8 +127,7 @@ cdef inline double _fill_sum(RowOp op, const floating *x, Py_ssize_t n, floating
         w = min(<Py_ssize_t>BLOCK, n - j0)
         o = out + j0 * keep
         if op == EXP_SHIFTED:
-            for k in range(w):
-                o[k] = vexp(x[j0 + k] - c)
+            _exp_shifted(x + j0, c, o, w)
         else:
             for k in range(w):
                 margin = x[j0 + k] - c + 1

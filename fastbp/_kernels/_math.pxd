@@ -7,6 +7,10 @@ from cython cimport floating
 cdef extern from "fastbp_math.h" nogil:
     double fastbp_exp(double x)
     float fastbp_expf(float x)
+    # `void` built once per ISA (AVX-512, AVX2, baseline) with runtime dispatch, where the
+    # compiler and platform support it (see csrc/fastbp_math.h); plain `void` elsewhere.
+    ctypedef void cloned_void "FASTBP_CLONED_VOID"
+    int FASTBP_SIMD_CLONES
 
 
 cdef inline floating vexp(floating x) noexcept nogil:
