@@ -139,8 +139,8 @@ def show_config(file=None):
     out = file or sys.stdout
     for key, value in config().items():
         if isinstance(value, list):
-            print(f"{key + ':':14s}{value[0] if value else 'none found'}", file=out)
+            print(f"{key + ':':17s}{value[0] if value else 'none found'}", file=out)
             for extra in value[1:]:
-                print(f"{'':14s}{extra}", file=out)
+                print(f"{'':17s}{extra}", file=out)
         else:
-            print(f"{key + ':':14s}{value}", file=out)
+            print(f"{key + ':':17s}{value}", file=out)
