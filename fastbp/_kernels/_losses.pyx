@@ -49,154 +49,12 @@ e. Not done: no mean (``scale`` is explicit; the public layer passes 1/N or 1/(N
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport log
 from libc.stdint cimport int64_t
 
-from ._math cimport cloned_void, vexp
+from ._loss_math cimport mse_row, softmax_xent_row, svm_row
 
 __all__ = ["softmax_cross_entropy", "svm_hinge", "mse"]
 
-cdef enum:
-    LANES = 8    # independent partial sums per row (element j -> lane j % LANES)
-    BLOCK = 512  # stack scratch per row call on the loss-only paths; a multiple of LANES
-
-cdef enum RowOp:
-    EXP_SHIFTED  # out[j] = exp(x[j] - c)
-    HINGE        # out[j] = max(0, x[j] - c + 1) for j != y, 0 at j == y (NaN propagates)
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-row helpers (one thread, one row; no allocation, no branches inside the element loops)
-
-cdef inline void _lane_add(double *acc, const floating *x, Py_ssize_t n) noexcept nogil:
-    """acc[j % LANES] += x[j] for j = 0..n-1 in order."""
-    cdef Py_ssize_t b, k, full = n - n % LANES
-    for b in range(n // LANES):
-        for k in range(LANES):
-            acc[k] += x[b * LANES + k]
-    for k in range(n - full):
-        acc[k] += x[full + k]
-
-
-cdef inline double _lane_total(const double *acc) noexcept nogil:
-    """The LANES partial sums folded in a fixed tree."""
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
-
-
-cdef inline floating _row_max(const floating *z, Py_ssize_t n) noexcept nogil:
-    """max_j z[j] for n >= 1, over LANES running maxima (a NaN past z[0] may be skipped here; the
-    exp(NaN - max) it then meets makes the row NaN anyway)."""
-    cdef floating acc[LANES]
-    cdef floating m = z[0]
-    cdef Py_ssize_t b, j, k
-    for k in range(LANES):
-        acc[k] = m
-    for b in range(n // LANES):
-        for k in range(LANES):
-            acc[k] = z[b * LANES + k] if z[b * LANES + k] > acc[k] else acc[k]
-    for j in range(n - n % LANES, n):  # the tail folds straight into m
-        m = z[j] if z[j] > m else m
-    for k in range(LANES):
-        m = acc[k] if acc[k] > m else m
-    return m
-
-
-cdef cloned_void _exp_shifted(const floating *x, floating c, floating *out,
-                              Py_ssize_t n) noexcept nogil:
-    """out[k] := exp(x[k] - c); cloned per ISA, the hot loop of the softmax."""
-    cdef Py_ssize_t k
-    for k in range(n):
-        out[k] = vexp(x[k] - c)
-
-
-cdef inline double _fill_sum(RowOp op, const floating *x, Py_ssize_t n, floating c, Py_ssize_t y,
-                             floating *out, bint keep) noexcept nogil:
-    """Σ_j op(x[j]) in double, lane order; op(x[j]) is written to out block by block.
-
-    keep: out is a whole row (n elements) and keeps every value; otherwise out is BLOCK-element
-    scratch that each block overwrites.  The summation order is the same either way.
-    """
-    cdef double acc[LANES]
-    cdef Py_ssize_t b, j0, k, w
-    cdef floating *o
-    cdef floating margin
-    for k in range(LANES):
-        acc[k] = 0
-    for b in range((n + BLOCK - 1) // BLOCK):
-        j0 = b * BLOCK
-        w = min(<Py_ssize_t>BLOCK, n - j0)
-        o = out + j0 * keep
-        if op == EXP_SHIFTED:
-            _exp_shifted(x + j0, c, o, w)
-        else:
-            for k in range(w):
-                margin = x[j0 + k] - c + 1
-                # `not (margin <= 0)` keeps a NaN margin (as np.maximum does); j == y counts 0
-                o[k] = margin if (not (margin <= 0) and j0 + k != y) else 0
-        _lane_add(acc, o, w)
-    return _lane_total(acc)
-
-
-cdef inline double _softmax_xent_row(const floating *z, floating *d, Py_ssize_t n, Py_ssize_t y,
-                                     double scale) noexcept nogil:
-    """log Σ_j exp(z_j) - z_y; with d (not NULL): d := (softmax(z) - onehot(y))·scale."""
-    cdef floating scratch[BLOCK]
-    cdef floating m = _row_max(z, n)
-    cdef floating inv
-    cdef double s, e_y
-    cdef Py_ssize_t j
-    if d == NULL:
-        return log(_fill_sum(EXP_SHIFTED, z, n, m, y, scratch, False)) - (z[y] - m)
-    s = _fill_sum(EXP_SHIFTED, z, n, m, y, d, True)
-    e_y = d[y]
-    inv = <floating>(scale / s)
-    for j in range(n):
-        d[j] = d[j] * inv
-    # p_y - 1 in double: the float product above would lose p_y - 1 when p_y is close to 1
-    d[y] = <floating>((e_y / s - 1.0) * scale)
-    return log(s) - (z[y] - m)
-
-
-cdef inline double _svm_row(const floating *s, floating *d, Py_ssize_t n, Py_ssize_t y,
-                            double scale) noexcept nogil:
-    """Σ_{j≠y} max(0, s_j - s_y + 1); with d: d_j := scale·[margin_j > 0], d_y := -scale·count."""
-    cdef floating scratch[BLOCK]
-    cdef floating g = <floating>scale
-    cdef double loss
-    cdef Py_ssize_t j, count = 0
-    cdef bint positive
-    if d == NULL:
-        return _fill_sum(HINGE, s, n, s[y], y, scratch, False)
-    loss = _fill_sum(HINGE, s, n, s[y], y, d, True)  # d holds the margins (0 at y)
-    for j in range(n):
-        positive = d[j] > 0
-        count = count + positive
-        d[j] = positive * g
-    d[y] = <floating>(-scale * count)
-    return loss
-
-
-cdef inline double _mse_row(const floating *p, const floating *t, floating *d, Py_ssize_t n,
-                            floating g) noexcept nogil:
-    """Σ_j (p_j - t_j)², the difference in the input dtype, squared and summed in double;
-    with d: d := g·(p - t)."""
-    cdef double acc[LANES]
-    cdef double r
-    cdef Py_ssize_t b, j, k, full = n - n % LANES
-    for k in range(LANES):
-        acc[k] = 0
-    for b in range(n // LANES):
-        for k in range(LANES):
-            j = b * LANES + k
-            r = p[j] - t[j]
-            acc[k] += r * r
-    for k in range(n - full):
-        r = p[full + k] - t[full + k]
-        acc[k] += r * r
-    if d != NULL:
-        for j in range(n):
-            d[j] = (p[j] - t[j]) * g
-    return _lane_total(acc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,10 +164,10 @@ def softmax_cross_entropy(const floating[:, ::1] logits not None,
     with nogil:
         if grad:
             for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = _softmax_xent_row(z + i * c, d + i * c, c, y[i], scale)
+                rl[i] = softmax_xent_row(z + i * c, d + i * c, c, y[i], scale)
         else:
             for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = _softmax_xent_row(z + i * c, <floating *>NULL, c, y[i], scale)
+                rl[i] = softmax_xent_row(z + i * c, <floating *>NULL, c, y[i], scale)
     return _scaled_total(row_loss, scale)
 
 
@@ -341,10 +199,10 @@ def svm_hinge(const floating[:, ::1] scores not None,
     with nogil:
         if grad:
             for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = _svm_row(s + i * c, d + i * c, c, y[i], scale)
+                rl[i] = svm_row(s + i * c, d + i * c, c, y[i], scale)
         else:
             for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = _svm_row(s + i * c, <floating *>NULL, c, y[i], scale)
+                rl[i] = svm_row(s + i * c, <floating *>NULL, c, y[i], scale)
     return _scaled_total(row_loss, scale)
 
 
@@ -391,8 +249,8 @@ def mse(const floating[:, ::1] pred not None,
     with nogil:
         if grad:
             for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = _mse_row(p + i * c, t + i * c, d + i * c, c, g)
+                rl[i] = mse_row(p + i * c, t + i * c, d + i * c, c, g)
         else:
             for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = _mse_row(p + i * c, t + i * c, <floating *>NULL, c, g)
+                rl[i] = mse_row(p + i * c, t + i * c, <floating *>NULL, c, g)
     return _scaled_total(row_loss, scale)
