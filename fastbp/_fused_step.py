@@ -16,12 +16,24 @@ update    folded into those GEMMs when the optimizer allows it (``gemm_fold``): 
 No Python work between kernels beyond dispatch; buffers are kept per model and reused while the
 batch size stays the same.  Everything that can fail (input shape, labels, finiteness checks)
 is checked before the first parameter changes.
+
+With the compiled backend and plain or heavy-ball SGD (the common case), the whole step runs as
+ONE nogil call (``_kernels._fused.FusedStep``): the plan of pointers is built once per batch
+size and checked cheaply on every step (the same parameter and velocity arrays, the batch's
+dtype and shape), so a step of a tiny network costs microseconds, not a Python loop over
+kernels.  Anything else (another optimizer, weight decay, Nesterov, ``check_finite``, the
+numpy/checked backends) takes the kernel-by-kernel path below, which the compiled step is
+tested against.
 """
+
+import math
 
 import numpy as np
 
+from . import _config
+from . import _validation as val
 from ._config import threads_for
-from .backend import kernels
+from .backend import get_backend, kernels
 
 _OUTPUT_FORM = {"ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 
@@ -64,6 +76,9 @@ def fusion_plan(layers):
 
 def fused_train_step(model, plan, x, y, loss, optimizer):
     """Run one fused step of `model` (see the module docstring); returns the loss value."""
+    value = _compiled_step(model, plan, x, y, loss, optimizer)
+    if value is not None:
+        return value
     k = kernels()
     first = plan[0][1]
     x = first._input(x)
@@ -130,3 +145,105 @@ def fused_train_step(model, plan, x, y, loss, optimizer):
         optimizer.step(unfolded_params, unfolded_grads)
     return value
 
+
+
+def _loss_kernel(loss):
+    from .nn import MSELoss, _ClassificationLoss
+
+    if loss.check_finite:
+        return None
+    if isinstance(loss, _ClassificationLoss):
+        return loss.kernel
+    return "mse" if isinstance(loss, MSELoss) else None
+
+
+def _sgd_hyperparameters(optimizer):
+    """(lr, momentum) when the update folds into the compiled step, else None."""
+    from .optim import SGD
+
+    if type(optimizer) is not SGD or optimizer.weight_decay != 0 or optimizer.nesterov:
+        return None
+    lr, mu = optimizer.lr, optimizer.momentum
+    if not (isinstance(lr, float) and isinstance(mu, float) and math.isfinite(lr) and lr >= 0
+            and 0 <= mu < 1):
+        optimizer._validate(**optimizer.hyperparameters())  # raises the precise error
+        return None
+    return lr, mu
+
+
+def _compiled_step(model, plan, x, y, loss, optimizer):
+    """The whole step in one FusedStep call, or None when this step needs the general path."""
+    if get_backend() != "compiled":
+        return None
+    kernel = _loss_kernel(loss)
+    hp = _sgd_hyperparameters(optimizer)
+    if kernel is None or hp is None:
+        return None
+    lr, mu = hp
+    first, last = plan[0][1], plan[-1][1]
+    dtype = first.dtype
+    if not (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous):
+        x = first._input(x)
+    n = x.shape[0]
+    if n == 0 or x.ndim != 2:
+        return None
+    labels = target = None
+    if kernel == "mse":
+        target = val.as_float(y, "target", dtype)
+        if target.shape != (n, last.out_features):
+            raise ValueError(f"target must have shape {(n, last.out_features)}, got "
+                             f"{target.shape}")
+    elif type(y) is np.ndarray and y.dtype == np.int64 and y.ndim == 1 and y.flags.c_contiguous:
+        labels = y  # the range is checked inside the compiled step, before any update
+    else:
+        labels = val.as_labels(y, "y", n, last.out_features)
+    step = _fused_step_for(model, plan, optimizer, n, kernel, momentum=mu != 0)
+    if step is None:
+        return None
+    return step.run(x, labels, target, lr, mu, _config.get_num_threads(),
+                    _config.PARALLEL_MIN_WORK)
+
+
+def _current_arrays(model, plan, optimizer, momentum):
+    """The parameter (and velocity) arrays a compiled plan would point into, right now."""
+    arrays = []
+    for index, lin, _ in plan:
+        for pname in ("W", "b"):
+            p = lin.params.get(pname)
+            arrays.append(p)
+            if momentum and p is not None:
+                arrays.append(optimizer.state.get(f"{index}.{pname}", {}).get("momentum_buffer"))
+    return arrays
+
+
+def _fused_step_for(model, plan, optimizer, n, kernel, momentum):
+    """The cached FusedStep for this batch size / loss / update, rebuilt when stale."""
+    from ._kernels._fused import FusedStep
+
+    cache = model.__dict__.setdefault("_compiled_steps", {})
+    key = (n, kernel, momentum, id(optimizer))
+    entry = cache.get(key)
+    if entry is not None and all(a is b for a, b in zip(entry[1], _current_arrays(
+            model, plan, optimizer, momentum))):
+        return entry[0]
+    dtype = plan[0][1].dtype
+    layers = []
+    for i, (index, lin, act) in enumerate(plan):
+        w, b = lin.params["W"], lin.params.get("b")
+        for p in (w, b):
+            if p is not None and not (p.dtype == dtype and p.flags.c_contiguous
+                                      and p.flags.writeable):
+                return None
+        folds = [optimizer.gemm_fold(f"{index}.{pname}", p) if p is not None else (None,)
+                 for pname, p in (("W", w), ("b", b))]
+        name, alpha = act if act is not None else ("identity", 0.0)
+        out = np.empty((n, lin.out_features), dtype)
+        pre = np.empty_like(out) if name.startswith("gelu") else None
+        dx = np.empty((n, lin.in_features), dtype) if i > 0 else None
+        layers.append((w, b, folds[0][0], folds[1][0], out, pre, dx, name, float(alpha)))
+    dlogits = np.empty((n, plan[-1][1].out_features), dtype)
+    step = FusedStep(layers, kernel, dlogits, np.empty(n, np.float64))
+    if len(cache) >= 4:  # a few batch sizes (the last partial batch of an epoch), not unbounded
+        cache.pop(next(iter(cache)))
+    cache[key] = (step, _current_arrays(model, plan, optimizer, momentum))
+    return step

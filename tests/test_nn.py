@@ -50,12 +50,19 @@ def test_buffers_are_reused_across_steps(rng):
     g1 = model.backward(np.ones_like(out2))
     g2 = model.backward(np.ones_like(out2))
     assert np.shares_memory(g1, g2)
-    opt = optim.SGD(lr=0.1, momentum=0.9)
-    loss = nn.SoftmaxCrossEntropy()
     y = np.array([0, 1, 2, 0])
+    loss = nn.SoftmaxCrossEntropy()
+    # the compiled step (SGD, momentum): one plan, built on the first step and reused
+    opt = optim.SGD(lr=0.1, momentum=0.9)
     model.train_step(x, y, loss, opt)
-    buffers = {k: v for k, v in model._step_buffers.items()}
+    (plan,) = [step for step, _ in model._compiled_steps.values()]
     model.train_step(x, y, loss, opt)
+    assert [step for step, _ in model._compiled_steps.values()] == [plan]
+    # the kernel-by-kernel fused path (Adam): its buffers are reused too
+    adam = optim.Adam(lr=1e-3)
+    model.train_step(x, y, loss, adam)
+    buffers = dict(model._step_buffers)
+    model.train_step(x, y, loss, adam)
     for k, v in model._step_buffers.items():
         assert v is buffers[k]
 
@@ -249,3 +256,56 @@ def test_mlp_learns_digits_to_95_percent():
             model.train_step(xb, yb, loss, opt)
     _, acc = model.evaluate(Xte, yte)
     assert acc >= 0.95
+
+
+def test_compiled_step_follows_replaced_parameters_and_state():
+    """The compiled plan is rebuilt when a parameter array or the optimizer state is replaced
+    (Solver-style rebinding, reset(), load_state_dict) — never writes into stale arrays."""
+    gen = np.random.default_rng(5)
+    x, y = gen.standard_normal((6, 4)), gen.integers(0, 3, 6)
+    fused, plain = _mlp([4, 5, 3]), _mlp([4, 5, 3])
+    opt_f, opt_p = optim.SGD(lr=0.1, momentum=0.9), optim.SGD(lr=0.1, momentum=0.9)
+    loss = nn.SoftmaxCrossEntropy()
+    fused.train_step(x, y, loss, opt_f)
+    _unfused_step(plain, x, y, loss, opt_p)
+    new_w = gen.standard_normal((4, 5))
+    fused.layers[0].params["W"] = new_w.copy()
+    plain.layers[0].params["W"] = new_w.copy()
+    opt_f.reset()
+    opt_p.reset()
+    for _ in range(2):
+        fused.train_step(x, y, loss, opt_f)
+        _unfused_step(plain, x, y, loss, opt_p)
+    for name, p in plain.params.items():
+        assert_close(fused.params[name], p, np.float64)
+    assert not np.array_equal(fused.layers[0].params["W"], new_w)
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 3]), np.array([-1, 0]), np.array([0, 1, 2])])
+def test_compiled_step_rejects_bad_labels_before_updating(labels):
+    model = _mlp([4, 5, 3])
+    opt = optim.SGD(lr=0.1, momentum=0.9)
+    x = np.ones((2, 4))
+    model.train_step(x, np.array([0, 1]), nn.SoftmaxCrossEntropy(), opt)  # builds the plan
+    before = model.state_dict()
+    velocity = {k: v["momentum_buffer"].copy() for k, v in opt.state.items()}
+    with pytest.raises(ValueError):
+        model.train_step(x, labels, nn.SoftmaxCrossEntropy(), opt)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k])
+    for k, v in opt.state.items():
+        np.testing.assert_array_equal(v["momentum_buffer"], velocity[k])
+
+
+def test_compiled_step_handles_changing_batch_sizes_and_label_dtypes():
+    gen = np.random.default_rng(6)
+    fused, plain = _mlp([4, 6, 3], dtype=np.float32), _mlp([4, 6, 3], dtype=np.float32)
+    opt_f, opt_p = optim.SGD(lr=0.05), optim.SGD(lr=0.05)
+    for n in (5, 2, 5, 7):
+        x = gen.standard_normal((n, 4))  # float64 data into a float32 model
+        y = gen.integers(0, 3, n).astype(np.uint8)
+        vf = fused.train_step(x, y, nn.SoftmaxCrossEntropy(), opt_f)
+        vp = _unfused_step(plain, x.astype(np.float32), y, nn.SoftmaxCrossEntropy(), opt_p)
+        assert_close(vf, vp, np.float32)
+    for name, p in plain.params.items():
+        assert_close(fused.params[name], p, np.float32)

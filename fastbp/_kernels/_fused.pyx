@@ -31,7 +31,11 @@ from ._activation_math cimport (
     elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd, gelu_tanh_fwd, leaky_relu_fwd, relu_fwd,
     sigmoid_fwd, tanh_fwd,
 )
+from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
+
 from ._blas cimport gemm_rm
+from ._loss_math cimport mse_row, softmax_xent_row, svm_row
 
 __all__ = ["linear_act_forward", "act_backward_bias"]
 
@@ -155,18 +159,19 @@ cdef inline void _derivative_segment(const floating *g, const floating *s, float
             dz[j] = gelu_tanh_bwd(g[j], s[j])
 
 
-cdef void _backward_block(const floating[:, ::1] dout, const floating[:, ::1] saved,
-                          floating[:, ::1] dz, floating *db, Py_ssize_t j0, Py_ssize_t j1,
+cdef void _backward_block(const floating *dout, const floating *saved, floating *dz,
+                          floating *db, Py_ssize_t n, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t j1,
                           int act, floating alpha, floating scale, floating beta) noexcept nogil:
+    """Columns [j0, j1) of an (n, m) row-major block: dz = dout * act'(saved), db from dz."""
     cdef floating acc[256]
     cdef Py_ssize_t i, j, w = j1 - j0
     for j in range(w):
         acc[j] = 0
-    for i in range(dout.shape[0]):
-        _derivative_segment(&dout[i, j0], &saved[i, j0], &dz[i, j0], w, act, alpha)
+    for i in range(n):
+        _derivative_segment(dout + i * m + j0, saved + i * m + j0, dz + i * m + j0, w, act, alpha)
         if db != NULL:
             for j in range(w):
-                acc[j] = acc[j] + dz[i, j0 + j]
+                acc[j] = acc[j] + dz[i * m + j0 + j]
     if db == NULL:
         return
     if beta == 0:
@@ -175,6 +180,16 @@ cdef void _backward_block(const floating[:, ::1] dout, const floating[:, ::1] sa
     else:
         for j in range(w):
             db[j0 + j] = scale * acc[j] + beta * db[j0 + j]
+
+
+cdef void _backward(const floating *dout, const floating *saved, floating *dz, floating *db,
+                    Py_ssize_t n, Py_ssize_t m, int act, floating alpha, floating scale,
+                    floating beta, int n_threads) noexcept nogil:
+    """dz := dout * act'(saved) and db := scale * Σ_rows dz + beta * db, over column blocks."""
+    cdef Py_ssize_t blk, n_blocks = (m + COL_BLOCK - 1) // COL_BLOCK
+    for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
+        _backward_block(dout, saved, dz, db, n, m, blk * COL_BLOCK,
+                        min(m, (blk + 1) * COL_BLOCK), act, alpha, scale, beta)
 
 
 def act_backward_bias(const floating[:, ::1] dout, const floating[:, ::1] saved,
@@ -186,7 +201,7 @@ def act_backward_bias(const floating[:, ::1] dout, const floating[:, ::1] saved,
     pre-activation).  dz may be dout itself.
     """
     cdef int act = _code(activation)
-    cdef Py_ssize_t n = dout.shape[0], m = dout.shape[1], blk, n_blocks
+    cdef Py_ssize_t n = dout.shape[0], m = dout.shape[1], blk
     for name, arr in (("saved", saved), ("dz", dz)):
         if arr.shape[0] != n or arr.shape[1] != m:
             raise ValueError(f"act_backward_bias: {name} has shape "
@@ -203,9 +218,177 @@ def act_backward_bias(const floating[:, ::1] dout, const floating[:, ::1] saved,
             for blk in range(m):
                 pdb[blk] = 0 if beta == 0 else <floating>(beta * pdb[blk])
         return
-    n_blocks = (m + COL_BLOCK - 1) // COL_BLOCK
-    cdef floating falpha = <floating>alpha, fscale = <floating>scale, fbeta = <floating>beta
     with nogil:
-        for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
-            _backward_block(dout, saved, dz, pdb, blk * COL_BLOCK,
-                            min(m, (blk + 1) * COL_BLOCK), act, falpha, fscale, fbeta)
+        _backward(&dout[0, 0], &saved[0, 0], &dz[0, 0], pdb, n, m, act, <floating>alpha,
+                  <floating>scale, <floating>beta, n_threads)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole training step in one nogil call (fastbp.nn.Sequential.train_step's compiled path)
+
+cdef enum LossKind:
+    SOFTMAX_XENT, HINGE, SQUARED
+
+LOSS_KINDS = {"softmax_cross_entropy": SOFTMAX_XENT, "svm_hinge": HINGE, "mse": SQUARED}
+
+cdef struct Layer:
+    Py_ssize_t d_in, d_out
+    int act
+    double alpha
+    void *w           # (d_in, d_out) parameters
+    void *b           # (d_out,) or NULL
+    void *w_target    # where the weight-gradient GEMM writes: w itself (plain SGD) or a velocity
+    void *b_target
+    void *out         # (n, d_out) activation output
+    void *pre         # (n, d_out) pre-activation, for gelu*; else NULL
+    void *dx          # (n, d_in) gradient w.r.t. the layer input; NULL for the first layer
+
+
+cdef void *_address(a):
+    return <void *><size_t>a.ctypes.data if a is not None else NULL
+
+
+cdef void _descend(floating *w, const floating *v, Py_ssize_t size, floating step,
+                   int n_threads) noexcept nogil:
+    """w -= step * v."""
+    cdef Py_ssize_t k
+    for k in prange(size, schedule="static", num_threads=n_threads):
+        w[k] = w[k] - step * v[k]
+
+
+cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n, const floating *x,
+                  const int64_t *labels, const floating *target, int loss, floating *dlogits,
+                  double *row_loss, double lr, double momentum, int n_threads,
+                  Py_ssize_t min_parallel) noexcept nogil:
+    """Forward, loss, backward and an SGD (momentum) update; returns the mean loss."""
+    cdef Layer *L
+    cdef const floating *h = x
+    cdef floating *d
+    cdef Py_ssize_t i, c
+    cdef int l, nt
+    cdef double total = 0, loss_scale
+    cdef floating scale = 1, beta = momentum, step = <floating>lr
+    if momentum == 0:
+        scale, beta = <floating>-lr, 1   # the update itself happens inside the GEMM
+    for l in range(n_layers):
+        L = &layers[l]
+        gemm_rm(False, False, <int>n, <int>L.d_out, <int>L.d_in, 1.0, h, <int>L.d_in,
+                <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.out, <int>L.d_out)
+        nt = n_threads if n * L.d_out >= min_parallel else 1
+        for i in prange(n, schedule="static", num_threads=nt):
+            _epilogue_row(<floating *>L.out + i * L.d_out, <floating *>L.b,
+                          <floating *>L.pre + i * L.d_out if L.pre != NULL else NULL,
+                          L.d_out, L.act, <floating>L.alpha)
+        h = <floating *>L.out
+    c = layers[n_layers - 1].d_out
+    nt = n_threads if n * c >= min_parallel else 1
+    loss_scale = 1.0 / n if loss != SQUARED else 1.0 / (n * c)
+    if loss == SOFTMAX_XENT:
+        for i in prange(n, schedule="static", num_threads=nt):
+            row_loss[i] = softmax_xent_row(h + i * c, dlogits + i * c, c, labels[i], loss_scale)
+    elif loss == HINGE:
+        for i in prange(n, schedule="static", num_threads=nt):
+            row_loss[i] = svm_row(h + i * c, dlogits + i * c, c, labels[i], loss_scale)
+    else:
+        for i in prange(n, schedule="static", num_threads=nt):
+            row_loss[i] = mse_row(h + i * c, target + i * c, dlogits + i * c, c,
+                                  <floating>(2 * loss_scale))
+    for i in range(n):  # in row order: the same total for any thread count
+        total += row_loss[i]
+    d = dlogits
+    for l in range(n_layers - 1, -1, -1):
+        L = &layers[l]
+        h = x if l == 0 else <floating *>layers[l - 1].out
+        nt = n_threads if n * L.d_out >= min_parallel else 1
+        _backward(d, <floating *>L.pre if L.pre != NULL else <floating *>L.out, d,
+                  <floating *>L.b_target, n, L.d_out, L.act, <floating>L.alpha, scale, beta, nt)
+        if l > 0:  # dx from the old weights, before the GEMM below may update them
+            gemm_rm(False, True, <int>n, <int>L.d_in, <int>L.d_out, 1.0, d, <int>L.d_out,
+                    <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.dx, <int>L.d_in)
+        gemm_rm(True, False, <int>L.d_in, <int>L.d_out, <int>n, scale, h, <int>L.d_in, d,
+                <int>L.d_out, beta, <floating *>L.w_target, <int>L.d_out)
+        if momentum != 0:  # w -= lr * velocity, for the weights and the bias
+            _descend(<floating *>L.w, <floating *>L.w_target, L.d_in * L.d_out, step,
+                     n_threads if L.d_in * L.d_out >= min_parallel else 1)
+            if L.b != NULL:
+                _descend(<floating *>L.b, <floating *>L.b_target, L.d_out, step, 1)
+        d = <floating *>L.dx
+    return total * loss_scale
+
+
+cdef class FusedStep:
+    """A compiled SGD / momentum training step for one chain of Linear (+ activation) layers.
+
+    Built once per (model, batch size, loss, optimizer) by fastbp._fused_step, which checks
+    every array (C-contiguous, one float dtype, consistent shapes) and keeps them alive here;
+    :meth:`run` then checks only the batch and runs forward, loss, backward and the update in
+    one nogil call.  Parameters are updated in place: the weight-gradient GEMM writes
+    ``W := W - lr * xᵀ·dz`` directly (momentum 0) or the velocity ``v := xᵀ·dz + mu * v``
+    followed by ``W -= lr * v``.
+    """
+
+    cdef Layer *layers
+    cdef int n_layers, loss, is_double
+    cdef Py_ssize_t n, n_in, n_out
+    cdef void *dlogits
+    cdef double *row_loss
+    cdef readonly object arrays  # everything the pointers point into
+
+    def __cinit__(self, layers, str loss, dlogits, row_loss):
+        """layers: [(W, b, W_target, b_target, out, pre, dx, activation, alpha)], first first."""
+        self.n_layers = len(layers)
+        self.layers = <Layer *>calloc(self.n_layers, sizeof(Layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        self.loss = LOSS_KINDS[loss]
+        self.is_double = dlogits.dtype.itemsize == 8
+        self.n = dlogits.shape[0]
+        self.n_in = layers[0][0].shape[0]
+        self.n_out = dlogits.shape[1]
+        self.dlogits = _address(dlogits)
+        self.row_loss = <double *>_address(row_loss)
+        self.arrays = (layers, dlogits, row_loss)
+        for l, (w, b, w_target, b_target, out, pre, dx, activation, alpha) in enumerate(layers):
+            self.layers[l] = Layer(w.shape[0], w.shape[1], _code(activation), alpha,
+                                   _address(w), _address(b), _address(w_target),
+                                   _address(b_target), _address(out), _address(pre),
+                                   _address(dx))
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def run(self, x, labels, target, double lr, double momentum, int n_threads,
+            Py_ssize_t min_parallel):
+        """One step on batch x (n, n_in) with int64 labels (n,) or a target (n, n_out) for MSE;
+        x, labels and target must be C-contiguous and of the plan's dtype (the caller checks).
+        Labels outside [0, n_out) raise ValueError before anything is written.  Returns the
+        mean loss before the update."""
+        cdef const int64_t[::1] y
+        cdef const int64_t *py = NULL
+        cdef Py_ssize_t i
+        cdef double result
+        if x.shape[0] != self.n or x.shape[1] != self.n_in:
+            raise ValueError(f"FusedStep.run: x has shape {x.shape}, the plan expects "
+                             f"({self.n}, {self.n_in})")
+        if self.loss != SQUARED:
+            y = labels
+            if y.shape[0] != self.n:
+                raise ValueError(f"FusedStep.run: {y.shape[0]} labels for {self.n} samples")
+            py = &y[0]
+            for i in range(self.n):
+                if py[i] < 0 or py[i] >= self.n_out:
+                    raise ValueError(f"y must lie in [0, {self.n_out}), found label {py[i]}")
+        elif target.shape != (self.n, self.n_out):
+            raise ValueError(f"target must have shape {(self.n, self.n_out)}, got {target.shape}")
+        cdef void *px = _address(x)
+        cdef void *pt = _address(target) if self.loss == SQUARED else NULL
+        with nogil:
+            if self.is_double:
+                result = _step(<double>0, self.layers, self.n_layers, self.n, <double *>px, py,
+                               <double *>pt, self.loss, <double *>self.dlogits, self.row_loss,
+                               lr, momentum, n_threads, min_parallel)
+            else:
+                result = _step(<float>0, self.layers, self.n_layers, self.n, <float *>px, py,
+                               <float *>pt, self.loss, <float *>self.dlogits, self.row_loss,
+                               lr, momentum, n_threads, min_parallel)
+        return result
