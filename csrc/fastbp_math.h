@@ -59,19 +59,25 @@ static inline double fastbp_exp(double x)
     return x != x ? x : y;
 }
 
-static inline float fastbp_expf(float x)
+/* exp(hi + lo) for float, where hi is exact and lo is a small correction (|lo| <= ~4): the
+   reduction subtracts k*ln2 from hi before lo is added, so when |hi| is large its digits are not
+   rounded away by first forming hi + lo in float (fastbp_expf's argument rounding would cost
+   |hi| * 2^-24 relative error: 6e-6 at hi = -100).  Clamps and special values are decided on
+   hi + lo. */
+static inline float fastbp_expf_hilo(float hi, float lo)
 {
     const float log2e = 1.44269504f;
     const float ln2_hi = 0.693145751953125f;
     const float ln2_lo = 1.428606765330187e-06f;
-    const float shifter = 12582912.0f; /* 1.5 * 2^23 */
+    const float shifter = 12582912.0f;
+    float x = hi + lo;
     float kf = x * log2e + shifter;
     kf = kf > shifter + 127.0f ? shifter + 127.0f : kf;
     kf = kf < shifter - 126.0f ? shifter - 126.0f : kf;
     uint32_t kbits;
     memcpy(&kbits, &kf, sizeof kbits);
     float k = kf - shifter;
-    float r = (x - k * ln2_hi) - k * ln2_lo;
+    float r = ((hi - k * ln2_hi) + lo) - k * ln2_lo;
     float p = 1.0f / 362880.0f;
     p = p * r + 1.0f / 40320.0f;
     p = p * r + 1.0f / 5040.0f;
@@ -89,6 +95,12 @@ static inline float fastbp_expf(float x)
     y = x > 88.7228391f ? (float)INFINITY : y;
     y = x < -87.3365447f ? 0.0f : y;
     return x != x ? x : y;
+}
+
+/* exp(x) in float: the hi/lo form with no correction (bitwise the same computation). */
+static inline float fastbp_expf(float x)
+{
+    return fastbp_expf_hilo(x, 0.0f);
 }
 
 /*
@@ -201,43 +213,6 @@ static inline float fastbp_tanhf(float x)
     return copysignf(-e / (2.0f + e), x);
 }
 
-/* exp(hi + lo) for float, where hi is exact and lo is a small correction (|lo| <= ~4): the
-   reduction subtracts k*ln2 from hi before lo is added, so when |hi| is large its digits are not
-   rounded away by first forming hi + lo in float (fastbp_expf's argument rounding would cost
-   |hi| * 2^-24 relative error: 6e-6 at hi = -100).  Same polynomial, clamps and special
-   values as fastbp_expf, decided on hi + lo. */
-static inline float fastbp_expf_hilo(float hi, float lo)
-{
-    const float log2e = 1.44269504f;
-    const float ln2_hi = 0.693145751953125f;
-    const float ln2_lo = 1.428606765330187e-06f;
-    const float shifter = 12582912.0f;
-    float x = hi + lo;
-    float kf = x * log2e + shifter;
-    kf = kf > shifter + 127.0f ? shifter + 127.0f : kf;
-    kf = kf < shifter - 126.0f ? shifter - 126.0f : kf;
-    uint32_t kbits;
-    memcpy(&kbits, &kf, sizeof kbits);
-    float k = kf - shifter;
-    float r = ((hi - k * ln2_hi) + lo) - k * ln2_lo;
-    float p = 1.0f / 362880.0f;
-    p = p * r + 1.0f / 40320.0f;
-    p = p * r + 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    uint32_t sbits = (kbits + 127u) << 23;
-    float scale;
-    memcpy(&scale, &sbits, sizeof scale);
-    float y = p * scale;
-    y = x > 88.7228391f ? (float)INFINITY : y;
-    y = x < -87.3365447f ? 0.0f : y;
-    return x != x ? x : y;
-}
 
 /* a rounded toward 0 to 12 significant bits: then a_hi*a_hi is exact in float. */
 static inline float fastbp_hi12f_(float a)
