@@ -10,8 +10,8 @@ a. Layout and entry: every buffer is a 1-D, C-contiguous ndarray of float32 or f
    loops), outputs writeable, each failure a TypeError/ValueError naming the kernel and the
    argument.  Inputs are only read (read-only arrays work).  They are not typed memoryviews
    because acquiring one costs ~0.3-0.5 us per argument plus the fused-type dispatch: measured
-   ~1.5 us per call for a 64-element relu_forward, against ~0.1 us through the C-API, and tiny
-   layers and training steps were dominated by it.  All buffers of one call must have the same
+   on empty arrays, relu_forward's whole call took ~0.65 us with memoryviews and ~0.07 us
+   through the C-API, and tiny layers and training steps were dominated by such overhead.  All buffers of one call must have the same
    length (ValueError naming the arguments otherwise), checked before the GIL is released.  An
    output may be the same buffer as an input (in place): each element is read before it is
    written.
