@@ -17,7 +17,8 @@ a. Layout and entry: every buffer is a 1-D, C-contiguous ndarray of float32 or f
    written.
 b. Who allocates: nobody here; ``out`` / ``dx`` are passed in and overwritten.
 c. Threads and SIMD: the flat index range is cut into blocks of BLOCK elements; ``prange``
-   hands contiguous runs of blocks to at most ``n_threads`` OpenMP threads (schedule="static"),
+   hands contiguous runs of blocks to at most ``n_threads`` OpenMP threads (schedule="static";
+   with one thread or one block the blocks run in a plain loop, no parallel region at all),
    and each block is one call of a per-operation loop function: a plain ``for`` over a scalar
    helper from _activation_math.pxd, which gcc vectorises.  The loop functions return
    ``cloned_void`` (csrc/fastbp_math.h): gcc builds them for AVX-512, AVX2 and the baseline
@@ -210,18 +211,30 @@ cdef void _block(Op op, cptr a, cptr b, floating *out, Py_ssize_t n,
         _gelu_tanh_bwd(a, b, out, n, alpha)
 
 
+cdef inline void _nth_block(Op op, const floating *a, const floating *b, floating *out,
+                            Py_ssize_t n, Py_ssize_t blk, floating alpha) noexcept nogil:
+    """Block number `blk` of an n-element call."""
+    cdef Py_ssize_t lo = blk * BLOCK
+    _block(op, a + lo, b + lo if b != NULL else NULL, out + lo, min(BLOCK, n - lo), alpha)
+
+
 cdef void _run(Op op, const floating *a, const floating *b, floating *out, Py_ssize_t n,
-               floating alpha, int n_threads) noexcept:
+               floating alpha, int n_threads) noexcept nogil:
     """Apply `op` over n elements in BLOCK-sized blocks, blocks split statically over threads.
 
-    `b` may be NULL for forwards (it is then never read).
+    `b` may be NULL for forwards (it is then never read).  A call with one thread (or one
+    block) runs without a parallel region: entering one costs ~0.8 us even for a single thread
+    (measured, libgomp), more than a (64, 64) relu takes.
     """
     cdef Py_ssize_t nblocks = (n + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t blk, lo
+    cdef Py_ssize_t blk
     cdef int threads = <int>min(<Py_ssize_t>n_threads, nblocks)
-    for blk in prange(nblocks, schedule="static", num_threads=threads, nogil=True):
-        lo = blk * BLOCK
-        _block(op, a + lo, b + lo if b != NULL else NULL, out + lo, min(BLOCK, n - lo), alpha)
+    if threads <= 1:
+        for blk in range(nblocks):
+            _nth_block(op, a, b, out, n, blk, alpha)
+    else:
+        for blk in prange(nblocks, schedule="static", num_threads=threads):
+            _nth_block(op, a, b, out, n, blk, alpha)
 
 
 cdef int _check_threads(str kernel, int n_threads) except -1:
@@ -246,13 +259,13 @@ cdef int _unary(str kernel, Op op, object x, object out, double alpha,
     cdef Py_ssize_t n = length(x)
     if length(out) != n:
         _length_error(kernel, ("x", "out"), (x, out))
-    if n == 0:
-        return 0
-    if t == cnp.NPY_FLOAT32:
-        _run(op, <const float *>px, <const float *>NULL, <float *>po, n, <float>alpha,
-             n_threads)
-    else:
-        _run(op, <const double *>px, <const double *>NULL, <double *>po, n, alpha, n_threads)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            _run(op, <const float *>px, <const float *>NULL, <float *>po, n, <float>alpha,
+                 n_threads)
+        else:
+            _run(op, <const double *>px, <const double *>NULL, <double *>po, n, alpha,
+                 n_threads)
     return 0
 
 
@@ -267,12 +280,13 @@ cdef int _binary(str kernel, Op op, object dout, object saved, str saved_name, o
     cdef Py_ssize_t n = length(dout)
     if length(saved) != n or length(dx) != n:
         _length_error(kernel, ("dout", saved_name, "dx"), (dout, saved, dx))
-    if n == 0:
-        return 0
-    if t == cnp.NPY_FLOAT32:
-        _run(op, <const float *>pg, <const float *>ps, <float *>pd, n, <float>alpha, n_threads)
-    else:
-        _run(op, <const double *>pg, <const double *>ps, <double *>pd, n, alpha, n_threads)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            _run(op, <const float *>pg, <const float *>ps, <float *>pd, n, <float>alpha,
+                 n_threads)
+        else:
+            _run(op, <const double *>pg, <const double *>ps, <double *>pd, n, alpha,
+                 n_threads)
     return 0
 
 

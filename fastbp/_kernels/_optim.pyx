@@ -19,10 +19,11 @@ b. One pass: each kernel reads w, dw and its state once and writes w and the sta
    loop, so a step is a single sweep over memory (NumPy's course formulas make 4-12 temporaries
    and as many passes).  An optimizer step is memory-bound: passes, not flops, set its speed.
 c. Parallel axis: the flat array is cut into BLOCK-element blocks shared out by
-   ``prange(schedule="static")``; each block runs a plain loop the compiler vectorises (sqrt
-   included: setup.py passes -fno-math-errno, so sqrt needs no errno path).  Each element is
-   computed by the same expression whatever the thread count, so results are bitwise identical
-   for any n_threads.
+   ``prange(schedule="static")``, or run in a plain loop when there is one thread or one block
+   (entering a parallel region costs ~0.8 us even for one thread, measured with libgomp); each
+   block runs a plain loop the compiler vectorises (sqrt included: setup.py passes
+   -fno-math-errno, so sqrt needs no errno path).  Each element is computed by the same
+   expression whatever the thread count, so results are bitwise identical for any n_threads.
 d. Branches out of loops: weight decay is decided once per block, in ``_decayed``.  With
    weight_decay == 0 the update loop reads dw directly; otherwise the block's g = dw + wd*w is
    formed first in a BLOCK-element stack buffer (it stays in L1) and the update loop reads that.
@@ -74,10 +75,20 @@ cdef inline const floating *_decayed(const floating *w, const floating *dw, floa
 
 
 # --------------------------------------------------------------------------------------------
-# per-block update loops (n <= BLOCK elements starting at the given pointers)
+# per-block update loops: block `blk` of an n-element array, i.e. elements
+# [blk * BLOCK, min((blk + 1) * BLOCK, n)); the pointers are moved to its start first.
 
-cdef void _sgd_block(floating *w, const floating *dw, Py_ssize_t n,
+cdef inline Py_ssize_t _n_blocks(Py_ssize_t n) noexcept nogil:
+    return (n + BLOCK - 1) // BLOCK
+
+
+cdef inline Py_ssize_t _block_size(Py_ssize_t n, Py_ssize_t blk) noexcept nogil:
+    return min(<Py_ssize_t>BLOCK, n - blk * BLOCK)
+
+
+cdef void _sgd_block(floating *w, const floating *dw, Py_ssize_t n, Py_ssize_t blk,
                      floating lr, floating wd) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; n = _block_size(n, blk)
     cdef floating buf[BLOCK]
     cdef const floating *g = _decayed(w, dw, wd, buf, n)
     cdef Py_ssize_t i
@@ -86,7 +97,8 @@ cdef void _sgd_block(floating *w, const floating *dw, Py_ssize_t n,
 
 
 cdef void _sgd_momentum_block(floating *w, const floating *dw, floating *v, Py_ssize_t n,
-                              floating lr, floating mu) noexcept nogil:
+                              Py_ssize_t blk, floating lr, floating mu) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; v += blk * BLOCK; n = _block_size(n, blk)
     cdef Py_ssize_t i
     for i in range(n):
         v[i] = mu * v[i] - lr * dw[i]
@@ -94,7 +106,9 @@ cdef void _sgd_momentum_block(floating *w, const floating *dw, floating *v, Py_s
 
 
 cdef void _momentum_block(floating *w, const floating *dw, floating *v, Py_ssize_t n,
-                          floating lr, floating mu, floating wd, bint nesterov) noexcept nogil:
+                          Py_ssize_t blk, floating lr, floating mu, floating wd,
+                          bint nesterov) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; v += blk * BLOCK; n = _block_size(n, blk)
     cdef floating buf[BLOCK]
     cdef const floating *g = _decayed(w, dw, wd, buf, n)
     cdef Py_ssize_t i
@@ -109,8 +123,9 @@ cdef void _momentum_block(floating *w, const floating *dw, floating *v, Py_ssize
 
 
 cdef void _rmsprop_block(floating *w, const floating *dw, floating *cache, Py_ssize_t n,
-                         floating lr, floating rho, floating one_minus_rho, floating eps,
-                         floating wd) noexcept nogil:
+                         Py_ssize_t blk, floating lr, floating rho, floating one_minus_rho,
+                         floating eps, floating wd) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; cache += blk * BLOCK; n = _block_size(n, blk)
     cdef floating buf[BLOCK]
     cdef const floating *g = _decayed(w, dw, wd, buf, n)
     cdef Py_ssize_t i
@@ -120,9 +135,11 @@ cdef void _rmsprop_block(floating *w, const floating *dw, floating *cache, Py_ss
 
 
 cdef void _adam_block(floating *w, const floating *dw, floating *m, floating *v, Py_ssize_t n,
-                      floating step_size, floating b1, floating one_minus_b1, floating b2,
-                      floating one_minus_b2, floating inv_sqrt_bc2, floating eps,
+                      Py_ssize_t blk, floating step_size, floating b1, floating one_minus_b1,
+                      floating b2, floating one_minus_b2, floating inv_sqrt_bc2, floating eps,
                       floating wd) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; m += blk * BLOCK; v += blk * BLOCK
+    n = _block_size(n, blk)
     cdef floating buf[BLOCK]
     cdef const floating *g = _decayed(w, dw, wd, buf, n)
     cdef Py_ssize_t i
@@ -133,41 +150,45 @@ cdef void _adam_block(floating *w, const floating *dw, floating *m, floating *v,
 
 
 # --------------------------------------------------------------------------------------------
-# sweeps: the blocks of one array shared out over threads (design c), one per rule.  Scalars
-# arrive as double and are rounded to the dtype here, once (design e).
-
-cdef inline Py_ssize_t _n_blocks(Py_ssize_t n) noexcept nogil:
-    return (n + BLOCK - 1) // BLOCK
-
+# sweeps: the blocks of one array, one rule each (design c): a plain loop for one thread or
+# one block, shared out by prange otherwise.  Scalars arrive as double and are rounded to the dtype here,
+# once (design e).
 
 cdef void _sgd(floating *w, const floating *dw, Py_ssize_t n, double lr, double weight_decay,
                int n_threads) noexcept nogil:
     cdef floating lr_ = <floating>lr, wd_ = <floating>weight_decay
-    cdef Py_ssize_t blk, start
-    for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-        start = blk * BLOCK
-        _sgd_block(w + start, dw + start, min(<Py_ssize_t>BLOCK, n - start), lr_, wd_)
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _sgd_block(w, dw, n, blk, lr_, wd_)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _sgd_block(w, dw, n, blk, lr_, wd_)
 
 
 cdef void _sgd_momentum(floating *w, const floating *dw, floating *v, Py_ssize_t n, double lr,
                         double momentum, int n_threads) noexcept nogil:
     cdef floating lr_ = <floating>lr, mu = <floating>momentum
-    cdef Py_ssize_t blk, start
-    for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-        start = blk * BLOCK
-        _sgd_momentum_block(w + start, dw + start, v + start, min(<Py_ssize_t>BLOCK, n - start),
-                            lr_, mu)
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _sgd_momentum_block(w, dw, v, n, blk, lr_, mu)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _sgd_momentum_block(w, dw, v, n, blk, lr_, mu)
 
 
 cdef void _momentum(floating *w, const floating *dw, floating *v, Py_ssize_t n, double lr,
                     double momentum, double weight_decay, bint nesterov,
                     int n_threads) noexcept nogil:
     cdef floating lr_ = <floating>lr, mu = <floating>momentum, wd_ = <floating>weight_decay
-    cdef Py_ssize_t blk, start
-    for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-        start = blk * BLOCK
-        _momentum_block(w + start, dw + start, v + start, min(<Py_ssize_t>BLOCK, n - start),
-                        lr_, mu, wd_, nesterov)
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _momentum_block(w, dw, v, n, blk, lr_, mu, wd_, nesterov)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _momentum_block(w, dw, v, n, blk, lr_, mu, wd_, nesterov)
 
 
 cdef void _rmsprop(floating *w, const floating *dw, floating *cache, Py_ssize_t n, double lr,
@@ -176,11 +197,13 @@ cdef void _rmsprop(floating *w, const floating *dw, floating *cache, Py_ssize_t 
     cdef floating lr_ = <floating>lr, rho = <floating>decay_rate
     cdef floating one_minus_rho = <floating>(1.0 - decay_rate)
     cdef floating eps_ = <floating>eps, wd_ = <floating>weight_decay
-    cdef Py_ssize_t blk, start
-    for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-        start = blk * BLOCK
-        _rmsprop_block(w + start, dw + start, cache + start, min(<Py_ssize_t>BLOCK, n - start),
-                       lr_, rho, one_minus_rho, eps_, wd_)
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _rmsprop_block(w, dw, cache, n, blk, lr_, rho, one_minus_rho, eps_, wd_)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _rmsprop_block(w, dw, cache, n, blk, lr_, rho, one_minus_rho, eps_, wd_)
 
 
 cdef void _adam(floating *w, const floating *dw, floating *m, floating *v, Py_ssize_t n,
@@ -190,12 +213,15 @@ cdef void _adam(floating *w, const floating *dw, floating *m, floating *v, Py_ss
     cdef floating b1 = <floating>beta1, one_minus_b1 = <floating>(1.0 - beta1)
     cdef floating b2 = <floating>beta2, one_minus_b2 = <floating>(1.0 - beta2)
     cdef floating eps_ = <floating>eps, wd_ = <floating>weight_decay
-    cdef Py_ssize_t blk, start
-    for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-        start = blk * BLOCK
-        _adam_block(w + start, dw + start, m + start, v + start,
-                    min(<Py_ssize_t>BLOCK, n - start), step_, b1, one_minus_b1, b2,
-                    one_minus_b2, inv_sqrt_bc2_, eps_, wd_)
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _adam_block(w, dw, m, v, n, blk, step_, b1, one_minus_b1, b2, one_minus_b2,
+                        inv_sqrt_bc2_, eps_, wd_)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _adam_block(w, dw, m, v, n, blk, step_, b1, one_minus_b1, b2, one_minus_b2,
+                        inv_sqrt_bc2_, eps_, wd_)
 
 
 # --------------------------------------------------------------------------------------------
