@@ -11,10 +11,10 @@ a. Layout and entry: every buffer is a 1-D, C-contiguous ndarray of float32 or f
    argument.  Inputs are only read (read-only arrays work).  They are not typed memoryviews
    because acquiring one costs ~0.3-0.5 us per argument plus the fused-type dispatch: measured
    on empty arrays, relu_forward's whole call took ~0.65 us with memoryviews and ~0.07 us
-   through the C-API, and tiny layers and training steps were dominated by such overhead.  All buffers of one call must have the same
-   length (ValueError naming the arguments otherwise), checked before the GIL is released.  An
-   output may be the same buffer as an input (in place): each element is read before it is
-   written.
+   through the C-API, and tiny layers and training steps were dominated by such overhead.
+   All buffers of one call must have the same length (ValueError naming the arguments
+   otherwise), checked before the GIL is released.  An output may be the same buffer as an
+   input (in place): each element is read before it is written.
 b. Who allocates: nobody here; ``out`` / ``dx`` are passed in and overwritten.
 c. Threads and SIMD: the flat index range is cut into blocks of BLOCK elements; ``prange``
    hands contiguous runs of blocks to at most ``n_threads`` OpenMP threads (schedule="static";

@@ -2,9 +2,10 @@
 """Argument checks for the elementwise kernels' entry points, through the NumPy C-API.
 
 Why not typed memoryviews: acquiring a ``floating[::1]`` buffer costs ~0.3-0.5 us per argument
-(PEP 3118 export, format-string parsing) plus the fused-type dispatch, so a three-buffer kernel
-spent ~1.5 us before touching an element, several times the work on a (64, 64) batch.  The
-flags, type number and dimensions of an ndarray are plain struct reads: ~0.05 us per call.
+(PEP 3118 export, format-string parsing) plus the fused-type dispatch; measured here on empty
+arrays, a call of the three-buffer relu_backward took ~0.85 us that way and ~0.08 us through
+these checks, whose flags, type number and dimensions are plain struct reads.  Kernels take
+C-contiguous ndarrays; the entry validates with the NumPy C-API.
 
 The contract checked here, in this order, each failure naming the kernel and the argument:
 
@@ -18,7 +19,9 @@ The contract checked here, in this order, each failure naming the kernel and the
 
 Each function returns what the kernel needs (the dtype, the data pointer), so an entry point
 reads ``p = array_data(x, "relu_forward", "x", t, False, -1, None)`` once per buffer and never
-touches the object again.  Modules that cimport this call ``cnp.import_array()`` at import.
+touches the object again.  array_data takes any type number (NPY_INT64 for labels, say);
+float_type is for the float kernels.  Modules that cimport this call ``cnp.import_array()`` at
+import.
 """
 cimport numpy as cnp
 
@@ -48,7 +51,9 @@ cdef inline int float_type(object a, str kernel, str name) except -1:
 cdef inline int _layout_error(str kernel, str name, cnp.ndarray a, int need) except -1:
     """Raise the ValueError saying which of `need`'s flags `a` lacks."""
     if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError(f"{kernel}: {name} must be C-contiguous, got strides {(<object>a).strides}")
+        raise ValueError(
+            f"{kernel}: {name} must be C-contiguous, got strides {(<object>a).strides}"
+        )
     if not cnp.PyArray_ISALIGNED(a):
         raise ValueError(f"{kernel}: {name} must be aligned to its dtype")
     if need & cnp.NPY_ARRAY_WRITEABLE:

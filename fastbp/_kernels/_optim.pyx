@@ -151,8 +151,8 @@ cdef void _adam_block(floating *w, const floating *dw, floating *m, floating *v,
 
 # --------------------------------------------------------------------------------------------
 # sweeps: the blocks of one array, one rule each (design c): a plain loop for one thread or
-# one block, shared out by prange otherwise.  Scalars arrive as double and are rounded to the dtype here,
-# once (design e).
+# one block, shared out by prange otherwise.  Scalars arrive as double and are rounded to the
+# dtype here, once (design e).
 
 cdef void _sgd(floating *w, const floating *dw, Py_ssize_t n, double lr, double weight_decay,
                int n_threads) noexcept nogil:
