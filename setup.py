@@ -18,6 +18,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -114,7 +115,8 @@ extensions = [
     Extension(
         f"fastbp._kernels.{pyx.stem}",
         [str(pyx.relative_to(ROOT))],
-        include_dirs=["csrc"],
+        include_dirs=["csrc", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     for pyx in sorted(KERNELS.glob("*.pyx"))
 ]

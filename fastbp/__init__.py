@@ -1,6 +1,6 @@
 """fastbp: compiled backpropagation for fully-connected networks.
 
-Cython kernels over typed memoryviews, OpenMP threads and a real BLAS for every GEMM, behind the
+Cython kernels over C-contiguous arrays, OpenMP threads and a real BLAS for every GEMM, behind the
 function names and contracts of course-style NumPy code, proven against a pure-NumPy reference
 that ships with it (``fastbp.reference``; ``fastbp.set_backend("numpy" | "checked")``).
 """

@@ -136,29 +136,39 @@ def affine_backward(dout, cache):
 
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
+# The kernels take 1-D C-contiguous float32/float64 ndarrays (they check it, with the NumPy
+# C-API, in ~0.05 us).  Tiny calls are dominated by Python overhead, so the common case -- plain
+# ndarrays that already have a native dtype and layout -- is recognised with a few attribute
+# reads and passed through untouched; anything else is validated and converted first.  ravel()
+# of a C-contiguous array is a view, as reshape(-1) is, and about half its cost.
+
 
 def _forward(kernel, x, *scalars):
     if type(x) is np.ndarray and x.dtype in _NATIVE and x.flags.c_contiguous:
-        a = xc = x  # the common case, checked cheaply: tiny calls are dominated by overhead
+        a = xc = x  # the common case, checked cheaply
     else:
         a = as_array(x, "x")
         xc = as_float(a, "x", compute_dtype(a))
-    out = np.empty(a.size, xc.dtype)
-    getattr(kernels(), kernel)(xc.reshape(-1), out, *scalars, threads_for(a.size))
-    return a, out.reshape(a.shape)
+    out = np.empty(a.shape, xc.dtype)
+    getattr(kernels(), kernel)(xc.ravel(), out.ravel(), *scalars, threads_for(a.size))
+    return a, out
 
 
 def _backward(kernel, dout, saved, saved_name, *scalars):
-    d = as_array(dout, "dout")
-    s = as_array(saved, saved_name)
+    fast = (  # the common case, checked cheaply: nothing to convert
+        type(dout) is np.ndarray and type(saved) is np.ndarray and dout.dtype in _NATIVE
+        and saved.dtype == dout.dtype and dout.flags.c_contiguous and saved.flags.c_contiguous
+    )
+    d = dout if fast else as_array(dout, "dout")
+    s = saved if fast else as_array(saved, saved_name)
     if d.shape != s.shape:
         raise ValueError(f"dout has shape {d.shape}, but the cached {saved_name} has {s.shape}")
-    dtype = compute_dtype(d, s)
-    dx = np.empty(d.shape, dtype)
-    getattr(kernels(), kernel)(
-        as_float(d, "dout", dtype).reshape(-1), as_float(s, saved_name, dtype).reshape(-1),
-        dx.reshape(-1), *scalars, threads_for(d.size),
-    )
+    shape = d.shape
+    if not fast:  # (as_float makes a 0-d array 1-D, hence `shape`)
+        dtype = compute_dtype(d, s)
+        d, s = as_float(d, "dout", dtype), as_float(s, saved_name, dtype)
+    dx = np.empty(shape, d.dtype)
+    getattr(kernels(), kernel)(d.ravel(), s.ravel(), dx.ravel(), *scalars, threads_for(d.size))
     return dx
 
 

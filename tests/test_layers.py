@@ -121,6 +121,24 @@ def test_activation_accepts_noncontiguous_readonly_lists_and_empty(rng, name, kw
 
 
 @pytest.mark.parametrize("name,kwargs", CASES)
+def test_activation_backward_off_the_fast_path(rng, name, kwargs):
+    """Gradients that need converting (other dtype, Fortran order, lists; 0-d too) give dx of
+    x's shape and the promoted dtype, equal to the gradient converted by hand."""
+    fwd, bwd = layers.ACTIVATIONS[name][:2]
+    for shape in ((), (3, 4)):
+        for dtype in DTYPES:
+            x = rng.standard_normal(shape).astype(dtype)
+            _, cache = fwd(x, **kwargs)
+            g = rng.standard_normal(shape)
+            fortran = [np.asfortranarray(g)] if g.ndim else []  # (it makes 0-d 1-D)
+            for dout in [g.astype(np.float32), g.tolist(), *fortran]:
+                want_dtype = np.result_type(np.asarray(dout).dtype, dtype)
+                dx = bwd(dout, cache)
+                assert dx.shape == shape and dx.dtype == want_dtype
+                np.testing.assert_array_equal(dx, bwd(np.array(dout, want_dtype), cache))
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_activations_stay_finite_at_extremes(name, kwargs, dtype):
     fwd, bwd = layers.ACTIVATIONS[name][:2]

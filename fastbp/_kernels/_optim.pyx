@@ -4,20 +4,26 @@ PyTorch momentum / Nesterov), RMSProp and Adam.
 
 Design
 ------
-a. Layout and ownership: every buffer is a 1-D C-contiguous ``floating[::1]`` (float32 or
-   float64, one dtype per call); callers ravel their parameter arrays (``reshape(-1)`` of a
+a. Layout and ownership: every buffer is a 1-D C-contiguous ndarray (float32 or float64, one
+   dtype per call, fixed by w); callers ravel their parameter arrays (``reshape(-1)`` of a
    C-contiguous array is a view, so the update lands in the caller's array).  The parameter w
-   and the optimizer state (v, cache, m, ...) are read and written IN PLACE; the gradient dw is
-   ``const`` (read-only arrays work).  Nothing here allocates: the Python layer (fastbp.optim)
-   owns the state arrays and creates them once per parameter.
+   and the optimizer state (v, cache, m, ...) are read and written IN PLACE, so must be
+   writeable; the gradient dw is only read (read-only arrays work).  Nothing here allocates:
+   the Python layer (fastbp.optim) owns the state arrays and creates them once per parameter.
+   Kernels take C-contiguous ndarrays; the entry validates with the NumPy C-API (_arrays.pxd:
+   type, dtype, 1-D, contiguity, writeable, length, each error naming the argument), not
+   through typed memoryviews: acquiring a memoryview costs ~0.3-0.5 us per argument plus the
+   fused-type dispatch (measured on empty arrays: adam_step's whole call took ~0.85 us with
+   four memoryviews, ~0.17 us now), which dominated the update of small parameters.
 b. One pass: each kernel reads w, dw and its state once and writes w and the state once, in one
    loop, so a step is a single sweep over memory (NumPy's course formulas make 4-12 temporaries
    and as many passes).  An optimizer step is memory-bound: passes, not flops, set its speed.
 c. Parallel axis: the flat array is cut into BLOCK-element blocks shared out by
-   ``prange(schedule="static")``; each block runs a plain loop the compiler vectorises (sqrt
-   included: setup.py passes -fno-math-errno, so sqrt needs no errno path).  Each element is
-   computed by the same expression whatever the thread count, so results are bitwise identical
-   for any n_threads.
+   ``prange(schedule="static")``, or run in a plain loop when there is one thread or one block
+   (entering a parallel region costs ~0.8 us even for one thread, measured with libgomp); each
+   block runs a plain loop the compiler vectorises (sqrt included: setup.py passes
+   -fno-math-errno, so sqrt needs no errno path).  Each element is computed by the same
+   expression whatever the thread count, so results are bitwise identical for any n_threads.
 d. Branches out of loops: weight decay is decided once per block, in ``_decayed``.  With
    weight_decay == 0 the update loop reads dw directly; otherwise the block's g = dw + wd*w is
    formed first in a BLOCK-element stack buffer (it stays in L1) and the update loop reads that.
@@ -32,12 +38,17 @@ e. Numerics: scalars arrive as double and are rounded once to the array's dtype,
    after the bias correction, as in the CS231n / CS182 rule; it agrees with the literal course
    formula (fastbp.reference.adam_step) to a few ulps.
 f. Not done here: hyper-parameter range checks (fastbp.optim validates them before any kernel
-   runs).  The kernels check lengths, t >= 1 and n_threads >= 1, raising ValueError before
-   touching memory.
+   runs).  The kernels check their arrays (design a), t >= 1 and n_threads >= 1, raising
+   TypeError/ValueError before touching memory.
 """
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport pow, sqrt, sqrtf
+
+from ._arrays cimport array_data, float_type, length
+
+cnp.import_array()
 
 __all__ = ["sgd_step", "sgd_momentum_step", "momentum_step", "rmsprop_step", "adam_step"]
 
@@ -64,10 +75,20 @@ cdef inline const floating *_decayed(const floating *w, const floating *dw, floa
 
 
 # --------------------------------------------------------------------------------------------
-# per-block update loops (n <= BLOCK elements starting at the given pointers)
+# per-block update loops: block `blk` of an n-element array, i.e. elements
+# [blk * BLOCK, min((blk + 1) * BLOCK, n)); the pointers are moved to its start first.
 
-cdef void _sgd_block(floating *w, const floating *dw, Py_ssize_t n,
+cdef inline Py_ssize_t _n_blocks(Py_ssize_t n) noexcept nogil:
+    return (n + BLOCK - 1) // BLOCK
+
+
+cdef inline Py_ssize_t _block_size(Py_ssize_t n, Py_ssize_t blk) noexcept nogil:
+    return min(<Py_ssize_t>BLOCK, n - blk * BLOCK)
+
+
+cdef void _sgd_block(floating *w, const floating *dw, Py_ssize_t n, Py_ssize_t blk,
                      floating lr, floating wd) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; n = _block_size(n, blk)
     cdef floating buf[BLOCK]
     cdef const floating *g = _decayed(w, dw, wd, buf, n)
     cdef Py_ssize_t i
@@ -76,7 +97,8 @@ cdef void _sgd_block(floating *w, const floating *dw, Py_ssize_t n,
 
 
 cdef void _sgd_momentum_block(floating *w, const floating *dw, floating *v, Py_ssize_t n,
-                              floating lr, floating mu) noexcept nogil:
+                              Py_ssize_t blk, floating lr, floating mu) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; v += blk * BLOCK; n = _block_size(n, blk)
     cdef Py_ssize_t i
     for i in range(n):
         v[i] = mu * v[i] - lr * dw[i]
@@ -84,7 +106,9 @@ cdef void _sgd_momentum_block(floating *w, const floating *dw, floating *v, Py_s
 
 
 cdef void _momentum_block(floating *w, const floating *dw, floating *v, Py_ssize_t n,
-                          floating lr, floating mu, floating wd, bint nesterov) noexcept nogil:
+                          Py_ssize_t blk, floating lr, floating mu, floating wd,
+                          bint nesterov) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; v += blk * BLOCK; n = _block_size(n, blk)
     cdef floating buf[BLOCK]
     cdef const floating *g = _decayed(w, dw, wd, buf, n)
     cdef Py_ssize_t i
@@ -99,8 +123,9 @@ cdef void _momentum_block(floating *w, const floating *dw, floating *v, Py_ssize
 
 
 cdef void _rmsprop_block(floating *w, const floating *dw, floating *cache, Py_ssize_t n,
-                         floating lr, floating rho, floating one_minus_rho, floating eps,
-                         floating wd) noexcept nogil:
+                         Py_ssize_t blk, floating lr, floating rho, floating one_minus_rho,
+                         floating eps, floating wd) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; cache += blk * BLOCK; n = _block_size(n, blk)
     cdef floating buf[BLOCK]
     cdef const floating *g = _decayed(w, dw, wd, buf, n)
     cdef Py_ssize_t i
@@ -110,9 +135,11 @@ cdef void _rmsprop_block(floating *w, const floating *dw, floating *cache, Py_ss
 
 
 cdef void _adam_block(floating *w, const floating *dw, floating *m, floating *v, Py_ssize_t n,
-                      floating step_size, floating b1, floating one_minus_b1, floating b2,
-                      floating one_minus_b2, floating inv_sqrt_bc2, floating eps,
+                      Py_ssize_t blk, floating step_size, floating b1, floating one_minus_b1,
+                      floating b2, floating one_minus_b2, floating inv_sqrt_bc2, floating eps,
                       floating wd) noexcept nogil:
+    w += blk * BLOCK; dw += blk * BLOCK; m += blk * BLOCK; v += blk * BLOCK
+    n = _block_size(n, blk)
     cdef floating buf[BLOCK]
     cdef const floating *g = _decayed(w, dw, wd, buf, n)
     cdef Py_ssize_t i
@@ -123,17 +150,83 @@ cdef void _adam_block(floating *w, const floating *dw, floating *m, floating *v,
 
 
 # --------------------------------------------------------------------------------------------
-# checks (with the GIL, before any memory is touched)
+# sweeps: the blocks of one array, one rule each (design c): a plain loop for one thread or
+# one block, shared out by prange otherwise.  Scalars arrive as double and are rounded to the
+# dtype here, once (design e).
 
-cdef inline Py_ssize_t _n_blocks(Py_ssize_t n) noexcept nogil:
-    return (n + BLOCK - 1) // BLOCK
+cdef void _sgd(floating *w, const floating *dw, Py_ssize_t n, double lr, double weight_decay,
+               int n_threads) noexcept nogil:
+    cdef floating lr_ = <floating>lr, wd_ = <floating>weight_decay
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _sgd_block(w, dw, n, blk, lr_, wd_)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _sgd_block(w, dw, n, blk, lr_, wd_)
 
 
-cdef int _check_length(str kernel, str name, Py_ssize_t got, Py_ssize_t n) except -1:
-    if got != n:
-        raise ValueError(f"{kernel}: {name} has length {got}, expected {n} (the length of w)")
-    return 0
+cdef void _sgd_momentum(floating *w, const floating *dw, floating *v, Py_ssize_t n, double lr,
+                        double momentum, int n_threads) noexcept nogil:
+    cdef floating lr_ = <floating>lr, mu = <floating>momentum
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _sgd_momentum_block(w, dw, v, n, blk, lr_, mu)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _sgd_momentum_block(w, dw, v, n, blk, lr_, mu)
 
+
+cdef void _momentum(floating *w, const floating *dw, floating *v, Py_ssize_t n, double lr,
+                    double momentum, double weight_decay, bint nesterov,
+                    int n_threads) noexcept nogil:
+    cdef floating lr_ = <floating>lr, mu = <floating>momentum, wd_ = <floating>weight_decay
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _momentum_block(w, dw, v, n, blk, lr_, mu, wd_, nesterov)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _momentum_block(w, dw, v, n, blk, lr_, mu, wd_, nesterov)
+
+
+cdef void _rmsprop(floating *w, const floating *dw, floating *cache, Py_ssize_t n, double lr,
+                   double decay_rate, double eps, double weight_decay,
+                   int n_threads) noexcept nogil:
+    cdef floating lr_ = <floating>lr, rho = <floating>decay_rate
+    cdef floating one_minus_rho = <floating>(1.0 - decay_rate)
+    cdef floating eps_ = <floating>eps, wd_ = <floating>weight_decay
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _rmsprop_block(w, dw, cache, n, blk, lr_, rho, one_minus_rho, eps_, wd_)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _rmsprop_block(w, dw, cache, n, blk, lr_, rho, one_minus_rho, eps_, wd_)
+
+
+cdef void _adam(floating *w, const floating *dw, floating *m, floating *v, Py_ssize_t n,
+                double step_size, double beta1, double beta2, double inv_sqrt_bc2, double eps,
+                double weight_decay, int n_threads) noexcept nogil:
+    cdef floating step_ = <floating>step_size, inv_sqrt_bc2_ = <floating>inv_sqrt_bc2
+    cdef floating b1 = <floating>beta1, one_minus_b1 = <floating>(1.0 - beta1)
+    cdef floating b2 = <floating>beta2, one_minus_b2 = <floating>(1.0 - beta2)
+    cdef floating eps_ = <floating>eps, wd_ = <floating>weight_decay
+    cdef Py_ssize_t blk
+    if n_threads == 1 or n <= BLOCK:
+        for blk in range(_n_blocks(n)):
+            _adam_block(w, dw, m, v, n, blk, step_, b1, one_minus_b1, b2, one_minus_b2,
+                        inv_sqrt_bc2_, eps_, wd_)
+    else:
+        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
+            _adam_block(w, dw, m, v, n, blk, step_, b1, one_minus_b1, b2, one_minus_b2,
+                        inv_sqrt_bc2_, eps_, wd_)
+
+
+# --------------------------------------------------------------------------------------------
+# kernels: check every argument (design a) with the GIL, before any memory is touched, then
+# run the float or double sweep without it.  w fixes the dtype and the length of a call.
 
 cdef int _check_threads(str kernel, int n_threads) except -1:
     if n_threads < 1:
@@ -141,106 +234,107 @@ cdef int _check_threads(str kernel, int n_threads) except -1:
     return 0
 
 
-# --------------------------------------------------------------------------------------------
-# kernels
-
-def sgd_step(floating[::1] w not None, const floating[::1] dw not None, double lr,
-             double weight_decay, int n_threads=1):
+def sgd_step(w, dw, double lr, double weight_decay, int n_threads=1):
     """w := w - lr * (dw + weight_decay * w), in place  (all 1-D, same length and dtype).
 
     With weight_decay == 0 this is exactly the course rule w -= lr * dw.
     """
-    cdef Py_ssize_t n = w.shape[0], blk, start
-    _check_length("sgd_step", "dw", dw.shape[0], n)
+    cdef int t = float_type(w, "sgd_step", "w")
+    cdef char *pw = array_data(w, "sgd_step", "w", t, True, -1, None)
+    cdef Py_ssize_t n = length(w)
+    cdef const char *pdw = array_data(dw, "sgd_step", "dw", t, False, n, "w")
     _check_threads("sgd_step", n_threads)
-    cdef floating lr_ = <floating>lr, wd_ = <floating>weight_decay
     with nogil:
-        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-            start = blk * BLOCK
-            _sgd_block(&w[start], &dw[start], min(<Py_ssize_t>BLOCK, n - start), lr_, wd_)
+        if t == cnp.NPY_FLOAT32:
+            _sgd(<float *>pw, <const float *>pdw, n, lr, weight_decay, n_threads)
+        else:
+            _sgd(<double *>pw, <const double *>pdw, n, lr, weight_decay, n_threads)
 
 
-def sgd_momentum_step(floating[::1] w not None, const floating[::1] dw not None,
-                      floating[::1] v not None, double lr, double momentum, int n_threads=1):
+def sgd_momentum_step(w, dw, v, double lr, double momentum, int n_threads=1):
     """CS231n momentum, in place: v := momentum * v - lr * dw;  w := w + v."""
-    cdef Py_ssize_t n = w.shape[0], blk, start
-    _check_length("sgd_momentum_step", "dw", dw.shape[0], n)
-    _check_length("sgd_momentum_step", "v", v.shape[0], n)
+    cdef int t = float_type(w, "sgd_momentum_step", "w")
+    cdef char *pw = array_data(w, "sgd_momentum_step", "w", t, True, -1, None)
+    cdef Py_ssize_t n = length(w)
+    cdef const char *pdw = array_data(dw, "sgd_momentum_step", "dw", t, False, n, "w")
+    cdef char *pv = array_data(v, "sgd_momentum_step", "v", t, True, n, "w")
     _check_threads("sgd_momentum_step", n_threads)
-    cdef floating lr_ = <floating>lr, mu = <floating>momentum
     with nogil:
-        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-            start = blk * BLOCK
-            _sgd_momentum_block(&w[start], &dw[start], &v[start],
-                                min(<Py_ssize_t>BLOCK, n - start), lr_, mu)
+        if t == cnp.NPY_FLOAT32:
+            _sgd_momentum(<float *>pw, <const float *>pdw, <float *>pv, n, lr, momentum,
+                          n_threads)
+        else:
+            _sgd_momentum(<double *>pw, <const double *>pdw, <double *>pv, n, lr, momentum,
+                          n_threads)
 
 
-def momentum_step(floating[::1] w not None, const floating[::1] dw not None,
-                  floating[::1] v not None, double lr, double momentum, double weight_decay,
-                  bint nesterov, int n_threads=1):
+def momentum_step(w, dw, v, double lr, double momentum, double weight_decay, bint nesterov,
+                  int n_threads=1):
     """PyTorch SGD momentum (dampening 0), in place.
 
     g := dw + weight_decay * w;  v := momentum * v + g;
     w := w - lr * (g + momentum * v)  if nesterov  else  w - lr * v.
     """
-    cdef Py_ssize_t n = w.shape[0], blk, start
-    _check_length("momentum_step", "dw", dw.shape[0], n)
-    _check_length("momentum_step", "v", v.shape[0], n)
+    cdef int t = float_type(w, "momentum_step", "w")
+    cdef char *pw = array_data(w, "momentum_step", "w", t, True, -1, None)
+    cdef Py_ssize_t n = length(w)
+    cdef const char *pdw = array_data(dw, "momentum_step", "dw", t, False, n, "w")
+    cdef char *pv = array_data(v, "momentum_step", "v", t, True, n, "w")
     _check_threads("momentum_step", n_threads)
-    cdef floating lr_ = <floating>lr, mu = <floating>momentum, wd_ = <floating>weight_decay
     with nogil:
-        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-            start = blk * BLOCK
-            _momentum_block(&w[start], &dw[start], &v[start], min(<Py_ssize_t>BLOCK, n - start),
-                            lr_, mu, wd_, nesterov)
+        if t == cnp.NPY_FLOAT32:
+            _momentum(<float *>pw, <const float *>pdw, <float *>pv, n, lr, momentum,
+                      weight_decay, nesterov, n_threads)
+        else:
+            _momentum(<double *>pw, <const double *>pdw, <double *>pv, n, lr, momentum,
+                      weight_decay, nesterov, n_threads)
 
 
-def rmsprop_step(floating[::1] w not None, const floating[::1] dw not None,
-                 floating[::1] cache not None, double lr, double decay_rate, double eps,
-                 double weight_decay, int n_threads=1):
+def rmsprop_step(w, dw, cache, double lr, double decay_rate, double eps, double weight_decay,
+                 int n_threads=1):
     """RMSProp, in place: g := dw + weight_decay * w;
     cache := decay_rate * cache + (1 - decay_rate) * g**2;  w := w - lr * g / (sqrt(cache) + eps).
     """
-    cdef Py_ssize_t n = w.shape[0], blk, start
-    _check_length("rmsprop_step", "dw", dw.shape[0], n)
-    _check_length("rmsprop_step", "cache", cache.shape[0], n)
+    cdef int t = float_type(w, "rmsprop_step", "w")
+    cdef char *pw = array_data(w, "rmsprop_step", "w", t, True, -1, None)
+    cdef Py_ssize_t n = length(w)
+    cdef const char *pdw = array_data(dw, "rmsprop_step", "dw", t, False, n, "w")
+    cdef char *pc = array_data(cache, "rmsprop_step", "cache", t, True, n, "w")
     _check_threads("rmsprop_step", n_threads)
-    cdef floating lr_ = <floating>lr, rho = <floating>decay_rate
-    cdef floating one_minus_rho = <floating>(1.0 - decay_rate)
-    cdef floating eps_ = <floating>eps, wd_ = <floating>weight_decay
     with nogil:
-        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-            start = blk * BLOCK
-            _rmsprop_block(&w[start], &dw[start], &cache[start],
-                           min(<Py_ssize_t>BLOCK, n - start), lr_, rho, one_minus_rho, eps_, wd_)
+        if t == cnp.NPY_FLOAT32:
+            _rmsprop(<float *>pw, <const float *>pdw, <float *>pc, n, lr, decay_rate, eps,
+                     weight_decay, n_threads)
+        else:
+            _rmsprop(<double *>pw, <const double *>pdw, <double *>pc, n, lr, decay_rate, eps,
+                     weight_decay, n_threads)
 
 
-def adam_step(floating[::1] w not None, const floating[::1] dw not None,
-              floating[::1] m not None, floating[::1] v not None, double lr, double beta1,
-              double beta2, double eps, Py_ssize_t t, double weight_decay, int n_threads=1):
+def adam_step(w, dw, m, v, double lr, double beta1, double beta2, double eps, Py_ssize_t t,
+              double weight_decay, int n_threads=1):
     """Adam (L2 weight decay, not AdamW), in place; t is the step number, already incremented.
 
     g := dw + weight_decay * w;  m := beta1 * m + (1 - beta1) * g;
     v := beta2 * v + (1 - beta2) * g**2;
     w := w - lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps).
     """
-    cdef Py_ssize_t n = w.shape[0], blk, start
-    _check_length("adam_step", "dw", dw.shape[0], n)
-    _check_length("adam_step", "m", m.shape[0], n)
-    _check_length("adam_step", "v", v.shape[0], n)
+    cdef int typ = float_type(w, "adam_step", "w")
+    cdef char *pw = array_data(w, "adam_step", "w", typ, True, -1, None)
+    cdef Py_ssize_t n = length(w)
+    cdef const char *pdw = array_data(dw, "adam_step", "dw", typ, False, n, "w")
+    cdef char *pm = array_data(m, "adam_step", "m", typ, True, n, "w")
+    cdef char *pv = array_data(v, "adam_step", "v", typ, True, n, "w")
     _check_threads("adam_step", n_threads)
     if t < 1:
         raise ValueError(f"adam_step: t must be >= 1 (the step number, already incremented), "
                          f"got {t}")
     # bias corrections once per call, in double (design note e)
-    cdef floating step_size = <floating>(lr / (1.0 - pow(beta1, <double>t)))
-    cdef floating inv_sqrt_bc2 = <floating>(1.0 / sqrt(1.0 - pow(beta2, <double>t)))
-    cdef floating b1 = <floating>beta1, one_minus_b1 = <floating>(1.0 - beta1)
-    cdef floating b2 = <floating>beta2, one_minus_b2 = <floating>(1.0 - beta2)
-    cdef floating eps_ = <floating>eps, wd_ = <floating>weight_decay
+    cdef double step_size = lr / (1.0 - pow(beta1, <double>t))
+    cdef double inv_sqrt_bc2 = 1.0 / sqrt(1.0 - pow(beta2, <double>t))
     with nogil:
-        for blk in prange(_n_blocks(n), schedule="static", num_threads=n_threads):
-            start = blk * BLOCK
-            _adam_block(&w[start], &dw[start], &m[start], &v[start],
-                        min(<Py_ssize_t>BLOCK, n - start), step_size, b1, one_minus_b1, b2,
-                        one_minus_b2, inv_sqrt_bc2, eps_, wd_)
+        if typ == cnp.NPY_FLOAT32:
+            _adam(<float *>pw, <const float *>pdw, <float *>pm, <float *>pv, n, step_size,
+                  beta1, beta2, inv_sqrt_bc2, eps, weight_decay, n_threads)
+        else:
+            _adam(<double *>pw, <const double *>pdw, <double *>pm, <double *>pv, n, step_size,
+                  beta1, beta2, inv_sqrt_bc2, eps, weight_decay, n_threads)
