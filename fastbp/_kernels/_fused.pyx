@@ -93,6 +93,19 @@ cdef inline void _epilogue_row(floating *row, const floating *b, floating *pre, 
             row[j] = gelu_tanh_fwd(row[j])
 
 
+cdef void _epilogue(floating *out, const floating *b, floating *pre, Py_ssize_t n,
+                    Py_ssize_t m, int act, floating alpha, int n_threads) noexcept nogil:
+    """_epilogue_row over all n rows; a plain loop on one thread (a parallel region costs
+    ~0.8 us even with one thread, more than a small layer's epilogue)."""
+    cdef Py_ssize_t i
+    if n_threads > 1:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            _epilogue_row(out + i * m, b, pre + i * m if pre != NULL else NULL, m, act, alpha)
+    else:
+        for i in range(n):
+            _epilogue_row(out + i * m, b, pre + i * m if pre != NULL else NULL, m, act, alpha)
+
+
 def linear_act_forward(const floating[:, ::1] x, const floating[:, ::1] w,
                        const floating[::1] b, str activation, double alpha,
                        floating[:, ::1] pre, floating[:, ::1] out, int n_threads=1):
@@ -124,8 +137,7 @@ def linear_act_forward(const floating[:, ::1] x, const floating[:, ::1] w,
         gemm_rm(False, False, <int>n, <int>m, <int>d, 1.0,
                 &x[0, 0] if d else NULL, <int>max(d, 1),
                 &w[0, 0] if d else NULL, <int>m, 0.0, &out[0, 0], <int>m)
-        for i in prange(n, schedule="static", num_threads=n_threads):
-            _epilogue_row(&out[i, 0], pb, ppre + i * m if ppre != NULL else NULL, m, act, falpha)
+        _epilogue(&out[0, 0], pb, ppre, n, m, act, falpha, n_threads)
 
 
 cdef inline void _derivative_segment(const floating *g, const floating *s, floating *dz,
@@ -187,9 +199,14 @@ cdef void _backward(const floating *dout, const floating *saved, floating *dz, f
                     floating beta, int n_threads) noexcept nogil:
     """dz := dout * act'(saved) and db := scale * Σ_rows dz + beta * db, over column blocks."""
     cdef Py_ssize_t blk, n_blocks = (m + COL_BLOCK - 1) // COL_BLOCK
-    for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
-        _backward_block(dout, saved, dz, db, n, m, blk * COL_BLOCK,
-                        min(m, (blk + 1) * COL_BLOCK), act, alpha, scale, beta)
+    if n_threads > 1:
+        for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
+            _backward_block(dout, saved, dz, db, n, m, blk * COL_BLOCK,
+                            min(m, (blk + 1) * COL_BLOCK), act, alpha, scale, beta)
+    else:
+        for blk in range(n_blocks):
+            _backward_block(dout, saved, dz, db, n, m, blk * COL_BLOCK,
+                            min(m, (blk + 1) * COL_BLOCK), act, alpha, scale, beta)
 
 
 def act_backward_bias(const floating[:, ::1] dout, const floating[:, ::1] saved,
@@ -248,12 +265,27 @@ cdef void *_address(a):
     return <void *><size_t>a.ctypes.data if a is not None else NULL
 
 
+cdef inline double _loss_row(int loss, const floating *h, const int64_t *labels,
+                            const floating *target, floating *dlogits, Py_ssize_t c,
+                            Py_ssize_t i, double scale) noexcept nogil:
+    """Row i's loss (unscaled) and its gradient row (scaled) for the step's loss kind."""
+    if loss == SOFTMAX_XENT:
+        return softmax_xent_row(h + i * c, dlogits + i * c, c, labels[i], scale)
+    if loss == HINGE:
+        return svm_row(h + i * c, dlogits + i * c, c, labels[i], scale)
+    return mse_row(h + i * c, target + i * c, dlogits + i * c, c, <floating>(2 * scale))
+
+
 cdef void _descend(floating *w, const floating *v, Py_ssize_t size, floating step,
                    int n_threads) noexcept nogil:
     """w -= step * v."""
     cdef Py_ssize_t k
-    for k in prange(size, schedule="static", num_threads=n_threads):
-        w[k] = w[k] - step * v[k]
+    if n_threads > 1:
+        for k in prange(size, schedule="static", num_threads=n_threads):
+            w[k] = w[k] - step * v[k]
+    else:
+        for k in range(size):
+            w[k] = w[k] - step * v[k]
 
 
 cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n, const floating *x,
@@ -274,25 +306,18 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
         L = &layers[l]
         gemm_rm(False, False, <int>n, <int>L.d_out, <int>L.d_in, 1.0, h, <int>L.d_in,
                 <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.out, <int>L.d_out)
-        nt = n_threads if n * L.d_out >= min_parallel else 1
-        for i in prange(n, schedule="static", num_threads=nt):
-            _epilogue_row(<floating *>L.out + i * L.d_out, <floating *>L.b,
-                          <floating *>L.pre + i * L.d_out if L.pre != NULL else NULL,
-                          L.d_out, L.act, <floating>L.alpha)
+        _epilogue(<floating *>L.out, <floating *>L.b, <floating *>L.pre, n, L.d_out, L.act,
+                  <floating>L.alpha, n_threads if n * L.d_out >= min_parallel else 1)
         h = <floating *>L.out
     c = layers[n_layers - 1].d_out
     nt = n_threads if n * c >= min_parallel else 1
     loss_scale = 1.0 / n if loss != SQUARED else 1.0 / (n * c)
-    if loss == SOFTMAX_XENT:
+    if nt > 1:
         for i in prange(n, schedule="static", num_threads=nt):
-            row_loss[i] = softmax_xent_row(h + i * c, dlogits + i * c, c, labels[i], loss_scale)
-    elif loss == HINGE:
-        for i in prange(n, schedule="static", num_threads=nt):
-            row_loss[i] = svm_row(h + i * c, dlogits + i * c, c, labels[i], loss_scale)
+            row_loss[i] = _loss_row(loss, h, labels, target, dlogits, c, i, loss_scale)
     else:
-        for i in prange(n, schedule="static", num_threads=nt):
-            row_loss[i] = mse_row(h + i * c, target + i * c, dlogits + i * c, c,
-                                  <floating>(2 * loss_scale))
+        for i in range(n):
+            row_loss[i] = _loss_row(loss, h, labels, target, dlogits, c, i, loss_scale)
     for i in range(n):  # in row order: the same total for any thread count
         total += row_loss[i]
     d = dlogits

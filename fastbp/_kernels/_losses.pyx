@@ -162,12 +162,12 @@ def softmax_cross_entropy(const floating[:, ::1] logits not None,
     _check_disjoint("softmax_cross_entropy", "dlogits", d, n * c * sizeof(floating) * grad,
                     rl, n * sizeof(double), z, n * c * sizeof(floating), y, n * sizeof(int64_t))
     with nogil:
-        if grad:
+        if n_threads > 1:
             for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = softmax_xent_row(z + i * c, d + i * c, c, y[i], scale)
-        else:
-            for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = softmax_xent_row(z + i * c, <floating *>NULL, c, y[i], scale)
+                rl[i] = softmax_xent_row(z + i * c, d + i * c if grad else NULL, c, y[i], scale)
+        else:  # no parallel region: it costs ~0.8 us even with one thread
+            for i in range(n):
+                rl[i] = softmax_xent_row(z + i * c, d + i * c if grad else NULL, c, y[i], scale)
     return _scaled_total(row_loss, scale)
 
 
@@ -197,12 +197,12 @@ def svm_hinge(const floating[:, ::1] scores not None,
     _check_disjoint("svm_hinge", "dscores", d, n * c * sizeof(floating) * grad,
                     rl, n * sizeof(double), s, n * c * sizeof(floating), y, n * sizeof(int64_t))
     with nogil:
-        if grad:
+        if n_threads > 1:
             for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = svm_row(s + i * c, d + i * c, c, y[i], scale)
-        else:
-            for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = svm_row(s + i * c, <floating *>NULL, c, y[i], scale)
+                rl[i] = svm_row(s + i * c, d + i * c if grad else NULL, c, y[i], scale)
+        else:  # no parallel region: it costs ~0.8 us even with one thread
+            for i in range(n):
+                rl[i] = svm_row(s + i * c, d + i * c if grad else NULL, c, y[i], scale)
     return _scaled_total(row_loss, scale)
 
 
@@ -247,10 +247,10 @@ def mse(const floating[:, ::1] pred not None,
     _check_disjoint("mse", "dpred", d, n * c * sizeof(floating) * grad, rl, n * sizeof(double),
                     p, n * c * sizeof(floating), t, n * c * sizeof(floating))
     with nogil:
-        if grad:
+        if n_threads > 1:
             for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = mse_row(p + i * c, t + i * c, d + i * c, c, g)
-        else:
-            for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = mse_row(p + i * c, t + i * c, <floating *>NULL, c, g)
+                rl[i] = mse_row(p + i * c, t + i * c, d + i * c if grad else NULL, c, g)
+        else:  # no parallel region: it costs ~0.8 us even with one thread
+            for i in range(n):
+                rl[i] = mse_row(p + i * c, t + i * c, d + i * c if grad else NULL, c, g)
     return _scaled_total(row_loss, scale)
