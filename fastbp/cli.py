@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import __version__, data, nn, optim
-from .io import load_model, save_model
+from .io import architecture, load_model, save_model
 
 __all__ = [
     "COMMANDS",
@@ -229,6 +229,7 @@ def _mnist(spec):
 
 #: --data kind -> loader(spec) returning (X_train, y_train, X_test, y_test, note)
 DATASETS = {"digits": _digits, "spirals": _spirals, "mnist": _mnist}
+_DATA_METAVAR = "{digits,spirals,mnist:DIR}"
 
 
 def load_dataset(spec, val_fraction=0.0, dtype=np.float32):
@@ -460,7 +461,7 @@ def _apply_runtime(args):
 
 
 def _add_train_arguments(p):
-    p.add_argument("--data", type=data_spec, default=DataSpec("digits"), metavar="DATA",
+    p.add_argument("--data", type=data_spec, default=DataSpec("digits"), metavar=_DATA_METAVAR,
                    help="digits (bundled, default), spirals, or mnist:DIR (IDX files; without "
                         "train images, the t10k images are split 80/20)")
     p.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
@@ -511,8 +512,7 @@ def _run_train(args):
     model = nn.MLP([ds.n_features, *args.hidden, ds.n_classes], activation=args.activation,
                    loss=args.loss, dtype=dtype, rng=rng)
     optimizer = factory(lr)
-    arch = {"sizes": model.sizes, "activation": args.activation, "loss": args.loss,
-            "dtype": args.dtype}
+    arch = architecture(model)
     config = (f"{args.optimizer} lr={lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
               f"seed {args.seed}")
 
@@ -550,14 +550,14 @@ def _run_train(args):
 
 def _add_model_arguments(p):
     p.add_argument("model", metavar="MODEL.npz", help="a model written by 'fastbp train --save'")
-    p.add_argument("--data", type=data_spec, metavar="DATA",
+    p.add_argument("--data", type=data_spec, metavar=_DATA_METAVAR,
                    help="digits, spirals or mnist:DIR; its test split is used (default: the "
                         "data the model was trained on)")
     add_runtime_arguments(p)
 
 
 def _load_for(args):
-    """(model, meta, test X, test y) for evaluate / predict, after checking they fit."""
+    """(model, meta, Dataset) for evaluate / predict, after checking that they fit."""
     try:
         model, meta = load_model(args.model)
     except (OSError, ValueError) as e:
@@ -672,15 +672,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    """The ``fastbp`` argument parser, one subparser per entry of :data:`COMMANDS`."""
+    """The ``fastbp`` argument parser, one subparser per entry of :data:`COMMANDS`.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        With a ``subcommands`` attribute: name -> that command's parser.
+    """
     parser = _Parser(prog="fastbp", description="Train and run MLPs with fastbp's compiled "
                      "backpropagation core.")
     parser.add_argument("--version", action="version", version=f"fastbp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.subcommands = {}
     for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.help,
-                                             description=command.help))
+        parser.subcommands[name] = sub.add_parser(name, help=command.help,
+                                                  description=command.help)
+        command.add_arguments(parser.subcommands[name])
     return parser
+
+
+def _parse_args(parser, argv):
+    """parse_args, but an unknown option is reported by the subcommand's parser (its --help)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.subcommands.get(args.command, parser).error(
+            f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv=None):
@@ -698,7 +715,7 @@ def main(argv=None):
         ``--help`` / ``--version`` with 0 by raising SystemExit), 130 after Ctrl-C.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_args(parser, argv)
     if args.command is None:
         parser.print_help()
         return 0
