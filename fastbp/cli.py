@@ -334,11 +334,13 @@ def fit(model, ds, optimizer, epochs, batch_size, rng, on_epoch=None):
     for epoch in range(1, epochs + 1):
         bar = _progress_bar(steps, f"epoch {epoch}/{epochs}")
         start = time.perf_counter()
+        running, seen = 0.0, 0  # the bar shows the epoch's mean minibatch loss so far
         try:
             for xb, yb in data.iterate_minibatches(ds.X_train, ds.y_train, batch_size, seed=rng):
                 loss = model.train_step(xb, yb, model.criterion, optimizer)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    running, seen = running + loss * len(yb), seen + len(yb)
+                    bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
                     bar.update()
         finally:
             if bar is not None:
