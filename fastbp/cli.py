@@ -565,6 +565,9 @@ def _load_for(args):
     except (OSError, ValueError) as e:
         raise CommandError(str(e)) from None
     arch = meta["architecture"]
+    if arch["loss"] not in ("softmax", "svm"):
+        raise CommandError(f"{args.model} is a {arch['loss']} (regression) model; evaluate and "
+                           "predict handle classifiers (softmax or svm loss)")
     spec = args.data
     if spec is None:
         if "data" not in meta:
@@ -640,7 +643,7 @@ def _write_csv(f, header, rows):
 
 
 def _add_info_arguments(p):
-    pass
+    """info takes no options."""
 
 
 def _run_info(args):

@@ -16,7 +16,7 @@ import pytest
 
 import fastbp
 from fastbp import cli
-from fastbp.io import load_model
+from fastbp.io import load_model, save_model
 
 #: options that keep a training run tiny (the defaults train 30 epochs of a 256-128 network)
 TINY = ["--hidden", "16", "--epochs", "2", "--threads", "1"]
@@ -255,6 +255,8 @@ def test_runtime_errors_exit_1(trained, tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_text("not a model")
     missing = tmp_path / "no-such-dir"
+    regression = tmp_path / "mse.npz"
+    save_model(regression, fastbp.nn.MLP([64, 8, 10], loss="mse", rng=0), {"data": "digits"})
     cases = {
         ("train", "--data", f"mnist:{missing}"): "MNIST directory not found",
         ("train", "--data", f"mnist:{tmp_path}"): "MNIST file not found",
@@ -262,6 +264,7 @@ def test_runtime_errors_exit_1(trained, tmp_path):
         ("evaluate", tmp_path / "nope.npz"): "model file not found",
         ("evaluate", junk): "not an .npz model file",
         ("evaluate", path, "--data", "spirals"): "expects 64 features but --data spirals has 2",
+        ("predict", regression): "handle classifiers",
         ("predict", path, "--output", missing / "p.csv"): "does not exist",
     }
     for args, message in cases.items():
