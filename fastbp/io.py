@@ -1,0 +1,204 @@
+"""Whole-model files: an MLP's parameters plus the metadata that rebuilds its architecture.
+
+Format
+------
+An ordinary ``.npz`` archive (a zip of ``.npy`` files, no pickle anywhere):
+
+* the parameters, written by :meth:`fastbp.nn.Sequential.save` (``"0.W"``, ``"0.b"``,
+  ``"2.W"``, ... as in ``state_dict``), so the parameter layout has one owner;
+* one more entry, :data:`META_KEY`, a 1-element unicode array holding a JSON object::
+
+    {"format": "fastbp.MLP", "version": 1,
+     "architecture": {"sizes": [64, 256, 10], "activation": "relu", "activation_kwargs": {},
+                      "loss": "softmax", "bias": true, "dtype": "float32"},
+     ...}                      # any further keys the caller passed (the CLI stores its options)
+
+``np.load(path, allow_pickle=False)`` reads every entry.  ``MLP.load`` alone would refuse such a
+file (it does not know :data:`META_KEY`); use :func:`load_model`, which rebuilds the network from
+the metadata and then loads the parameters.
+"""
+
+import inspect
+import json
+import os
+import tempfile
+import zipfile
+from io import BytesIO
+
+import numpy as np
+
+from . import nn
+
+__all__ = ["META_KEY", "FORMAT", "architecture", "load_model", "save_model"]
+
+#: Name of the metadata entry inside the archive.
+META_KEY = "__fastbp_meta__"
+#: ``(format name, version)`` written by :func:`save_model`.
+FORMAT = ("fastbp.MLP", 1)
+_RESERVED = ("format", "version", "architecture")
+
+
+def architecture(model):
+    """What :func:`load_model` needs to rebuild `model`, as a JSON-ready dict.
+
+    Parameters
+    ----------
+    model : fastbp.nn.MLP
+
+    Returns
+    -------
+    dict
+        ``sizes`` (list of int), ``activation`` (a key of ``nn.ACTIVATIONS``),
+        ``activation_kwargs`` (the activation's constructor arguments, e.g. ``{"alpha": 0.1}``),
+        ``loss`` (a key of ``nn.LOSSES``), ``bias`` (bool) and ``dtype`` (``"float32"`` or
+        ``"float64"``).
+
+    Raises
+    ------
+    TypeError
+        If `model` is not an MLP or its criterion is not one of ``nn.LOSSES``.
+    """
+    if not isinstance(model, nn.MLP):
+        raise TypeError(f"save_model needs a fastbp.nn.MLP (its architecture is rebuilt from "
+                        f"sizes), got {type(model).__name__}")
+    loss = next((name for name, cls in nn.LOSSES.items() if type(model.criterion) is cls), None)
+    if loss is None:
+        raise TypeError(f"the model's criterion {model.criterion!r} is not one of nn.LOSSES")
+    act_cls = nn.ACTIVATIONS[model.activation]
+    act = next((layer for layer in model.layers if type(layer) is act_cls), None)
+    # activations keep each constructor argument as an attribute of the same name
+    kwargs = {} if act is None else {
+        name: getattr(act, name) for name in inspect.signature(act_cls).parameters
+    }
+    return {
+        "sizes": [int(s) for s in model.sizes],
+        "activation": model.activation,
+        "activation_kwargs": kwargs,
+        "loss": loss,
+        "bias": "b" in model.layers[0].params,
+        "dtype": model.dtype.name,
+    }
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"metadata value {value!r} ({type(value).__name__}) is not JSON-serialisable")
+
+
+def save_model(path, model, meta=None):
+    """Write `model`'s parameters and architecture (and `meta`) to one ``.npz`` file.
+
+    The file is written to a temporary name in the same directory and renamed into place, so an
+    interrupted save never leaves a half-written model at `path`.  Unlike ``np.savez``, no
+    ``.npz`` suffix is appended: the file is written exactly at `path`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    model : fastbp.nn.MLP
+    meta : dict, optional
+        Extra JSON-serialisable information stored beside the architecture (NumPy scalars are
+        converted).  The keys ``"format"``, ``"version"`` and ``"architecture"`` are reserved.
+
+    Raises
+    ------
+    TypeError
+        If `model` is not an MLP, or `meta` is not a dict of JSON-serialisable values.
+    ValueError
+        If `meta` uses a reserved key.
+    OSError
+        If the file cannot be written (e.g. the directory does not exist).
+    """
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    reserved = [k for k in _RESERVED if k in meta]
+    if reserved:
+        raise ValueError(f"meta may not use the reserved keys {reserved}")
+    record = {"format": FORMAT[0], "version": FORMAT[1], "architecture": architecture(model),
+              **meta}
+    text = np.array([json.dumps(record, default=_json_default)])
+
+    buf = BytesIO()
+    model.save(buf)
+    with zipfile.ZipFile(buf, "a") as archive, archive.open(META_KEY + ".npy", "w") as member:
+        np.lib.format.write_array(member, text, allow_pickle=False)
+
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".npz",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getbuffer())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_model(path):
+    """Rebuild an MLP written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    model : fastbp.nn.MLP
+        The network, with the saved parameters, dtype, activation and loss (as criterion).
+    meta : dict
+        The whole metadata record: ``format``, ``version``, ``architecture`` and whatever extra
+        keys were saved.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    ValueError
+        If the file is not a readable ``.npz``, has no fastbp metadata (e.g. it was written by
+        ``Sequential.save`` alone), has an unknown format or version, metadata that does not
+        describe a valid MLP, or parameters that do not match it.  The message starts with
+        `path`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: model file not found")
+    if not zipfile.is_zipfile(path):  # else np.load reports other bytes as "pickled data"
+        raise ValueError(f"{path}: not an .npz model file (not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npz model file ({e})") from None
+    if META_KEY not in arrays:
+        raise ValueError(f"{path}: no fastbp metadata ({META_KEY!r}); it holds only parameters "
+                         "(load those into a model you build with MLP(...).load(path))")
+    meta = _read_meta(path, arrays.pop(META_KEY))
+    arch = meta["architecture"]
+    try:
+        model = nn.MLP(arch["sizes"], activation=arch["activation"], loss=arch["loss"],
+                       bias=arch["bias"], dtype=arch["dtype"], **arch["activation_kwargs"])
+        model.load_state_dict(arrays)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the parameters or metadata do not describe a valid MLP "
+                         f"({type(e).__name__}: {e})") from None
+    return model, meta
+
+
+def _read_meta(path, entry):
+    """The metadata dict from the archive's META_KEY entry, after checking its form."""
+    if entry.dtype.kind != "U" or entry.shape != (1,):
+        raise ValueError(f"{path}: {META_KEY!r} must be a 1-element string array, got "
+                         f"{entry.dtype} {entry.shape}")
+    try:
+        meta = json.loads(str(entry[0]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: {META_KEY!r} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or (meta.get("format"), meta.get("version")) != FORMAT:
+        got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else meta
+        raise ValueError(f"{path}: unsupported model format {got}; this fastbp reads {FORMAT}")
+    if not isinstance(meta.get("architecture"), dict):
+        raise ValueError(f"{path}: metadata has no 'architecture' object")
+    return meta
