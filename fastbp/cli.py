@@ -1,4 +1,4 @@
-"""The ``fastbp`` command line: ``train``, ``evaluate``, ``predict`` and ``info``.
+"""The ``fastbp`` command line: ``train``, ``evaluate``, ``predict``, ``info`` and ``bench``.
 
 Design
 ------
@@ -653,6 +653,102 @@ def _run_info(args):
     return 0
 
 
+def _add_bench_arguments(p):
+    from . import bench
+
+    p.add_argument("--quick", action="store_true",
+                   help="two small shapes and short timings (a smoke run of a few seconds)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of every implementation (default: %(default)s)")
+    p.add_argument("--only", type=_implementations(bench.IMPLEMENTATIONS), metavar="NAMES",
+                   default=tuple(bench.IMPLEMENTATIONS),
+                   help=f"comma list of implementations (default: all of "
+                        f"{','.join(bench.IMPLEMENTATIONS)}; missing extras are skipped)")
+    p.add_argument("--min-time", type=positive_float, default=None, metavar="SECONDS",
+                   help="timing budget per row (default: 0.5, or 0.05 with --quick)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows and the machine as JSON")
+    p.add_argument("--plot", metavar="FILE", help="bar chart of the speedups (needs matplotlib)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="threads for every implementation (default: all usable cores)")
+
+
+def _implementations(known):
+    def parse(text):
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        unknown = [n for n in names if n not in known]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma list of {', '.join(known)}, got {text!r}")
+        return names
+    return parse
+
+
+#: the shapes of ``fastbp bench --quick``: per-call overhead and a small real network
+QUICK_SHAPES = [((8, 8, 8, 10), (8,)), ((784, 100, 10), (64,))]
+
+
+def _run_bench(args):
+    from . import _config, bench
+
+    for path, option in ((args.json, "--json"), (args.plot, "--plot")):
+        if path:
+            _check_writable(path, option)
+    if args.plot:
+        _matplotlib_figure()
+    shapes = QUICK_SHAPES if args.quick else bench.STEP_SHAPES
+    min_time = args.min_time or (0.05 if args.quick else 0.5)
+    config = _config.config()
+    print(f"fastbp {__version__} bench: one SGD-momentum step per row, {args.dtype}, median of "
+          f">= {min_time:g} s per row", flush=True)
+    print(f"machine: {config['platform']}, {config['usable cores']} usable cores; "
+          f"BLAS: {'; '.join(config['blas']) or 'unknown'}", flush=True)
+    rows = bench.compare(shapes, args.only, np.dtype(args.dtype), args.threads, min_time)
+    print(f"threads: {rows[0]['threads'] if rows else '?'} for every implementation")
+    print(bench.format_table(rows))
+    print("vs numpy / vs torch: speedup over the course-style NumPy step / PyTorch eager "
+          "(higher is better); / gemms: step time over its GEMMs alone (1.00 is the floor)")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"fastbp": __version__, "machine": config, "rows": rows}, f, indent=1,
+                      default=str)
+    if args.plot:
+        _plot_bench(rows, args.plot, f"fastbp {__version__}: training step speed, {args.dtype}, "
+                    f"{rows[0]['threads'] if rows else '?'} threads")
+    return 0
+
+
+def _plot_bench(rows, path, title):
+    """Grouped bars: speedup over the course-style NumPy step, per shape and implementation."""
+    Figure = _matplotlib_figure()
+    groups = list(dict.fromkeys(f"{r['sizes']}\nbatch {r['batch']}" for r in rows))
+    names = list(dict.fromkeys(r["implementation"] for r in rows))
+    fig = Figure(figsize=(max(7, 1.6 * len(groups) + 2), 4.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        xs, ys = [], []
+        for g, group in enumerate(groups):
+            for r in rows:
+                if r["implementation"] == name and f"{r['sizes']}\nbatch {r['batch']}" == group \
+                        and "speedup_vs_course-numpy" in r:
+                    xs.append(g + (k - (len(names) - 1) / 2) * width)
+                    ys.append(r["speedup_vs_course-numpy"])
+        ax.bar(xs, ys, width, label=name)
+    ax.axhline(1.0, color="0.3", lw=1, ls="--")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set(ylabel="speedup over course-style NumPy (log scale)", xlabel="network and batch",
+           title=title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(ncols=min(4, len(names)), fontsize="small")
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"--plot {path}: {e}") from None
+
+
 #: subcommand name -> Command; ``fastbp <name> --help`` lists each one's options
 COMMANDS = {
     "train": Command("train an MLP (default: the bundled digits, offline)",
@@ -663,6 +759,8 @@ COMMANDS = {
                        _add_predict_arguments, _run_predict),
     "info": Command("version, OpenMP build, threads, backend and BLAS",
                     _add_info_arguments, _run_info),
+    "bench": Command("time one training step of fastbp against NumPy, PyTorch and scikit-learn",
+                     _add_bench_arguments, _run_bench),
 }
 
 

@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import struct
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -337,3 +338,45 @@ def test_progress_bar_only_with_tqdm_on_a_terminal(monkeypatch, capsys, have_tqd
     monkeypatch.setattr(sys, "stderr", terminal)
     assert cli.main(args) == 0
     assert ("epoch 1/1" in terminal.getvalue()) == have_tqdm
+
+
+# ------------------------------------------------------------------------------------ bench
+
+
+def test_bench_quick_prints_the_comparison_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = fastbp_cli("bench", "--quick", "--only", "fastbp,course-numpy,gemms-only",
+                      "--min-time", "0.01", "--threads", "1", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("implementation") and "vs numpy" in line for line in lines)
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["implementation"] for r in rows} == {"fastbp", "course-numpy", "gemms-only"}
+    assert {(r["sizes"], r["batch"]) for r in rows} == {("8-8-8-10", 8), ("784-100-10", 64)}
+    for r in rows:
+        assert r["median_s"] > 0 and r["threads"] == 1
+        assert r["speedup_vs_course-numpy"] == pytest.approx(
+            next(q["median_s"] for q in rows if q["implementation"] == "course-numpy"
+                 and q["sizes"] == r["sizes"]) / r["median_s"])
+
+
+def test_bench_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "bench.png"
+    proc = fastbp_cli("bench", "--quick", "--only", "fastbp,course-numpy", "--min-time", "0.01",
+                      "--plot", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--only", "fastbp,jax"], "--only: expected a comma list"),
+    (["--min-time", "0"], "--min-time"),
+    (["--dtype", "float16"], "--dtype"),
+    (["--json", "/nonexistent-dir/x.json"], "does not exist"),
+])
+def test_bench_bad_arguments(args, match):
+    proc = fastbp_cli("bench", "--quick", *args)
+    assert proc.returncode in (1, 2)
+    assert proc.stderr.startswith("fastbp: error:") and match in proc.stderr
+    assert "Traceback" not in proc.stderr
