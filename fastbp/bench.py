@@ -236,12 +236,17 @@ def time_step(step, min_time=0.2, min_rounds=5, max_rounds=1000):
 
 
 def compare(shapes=STEP_SHAPES, implementations=tuple(IMPLEMENTATIONS), dtype=np.float32,
-            threads=None, min_time=0.2, progress=None):
+            threads=None, min_time=0.2, rounds=5, progress=None):
     """Time every implementation on every (sizes, batch); returns a list of row dicts.
 
-    Each row: implementation, sizes, batch, dtype, threads, median seconds, IQR, rounds,
-    samples/s, GFLOP/s of the step's GEMMs, and ratios to the course-style NumPy step and to
-    PyTorch (when measured in this run).  Unavailable competitors are skipped.
+    The implementations of one shape are timed in `rounds` interleaved rounds (each gets
+    ``min_time / rounds`` seconds per round), so slow drift on a shared machine hits them alike;
+    a row's time is the median of its per-round medians, and its ratios to the course-style NumPy
+    step, to PyTorch and to the GEMMs-only floor are medians of the per-round ratios.
+
+    Each row: implementation, sizes, batch, dtype, threads, median seconds, IQR over rounds,
+    rounds, samples/s, GFLOP/s of the step's GEMMs, ``speedup_vs_<reference>``.  Unavailable
+    competitors (torch, sklearn not installed) are skipped.
     """
     from . import get_num_threads
 
@@ -252,27 +257,33 @@ def compare(shapes=STEP_SHAPES, implementations=tuple(IMPLEMENTATIONS), dtype=np
     for sizes, batches in shapes:
         for batch in batches:
             x, y, weights = make_problem(sizes, batch, dtype)
-            group = []
+            steps = {}
             for name in implementations:
                 try:
-                    step = IMPLEMENTATIONS[name](sizes, x, y, weights)
+                    steps[name] = IMPLEMENTATIONS[name](sizes, x, y, weights)
                 except Unavailable:
                     continue
-                if name == "torch":
-                    set_threads(threads)
-                median, iqr, rounds = time_step(step, min_time=min_time)
-                group.append(dict(implementation=name, sizes="-".join(map(str, sizes)),
-                                  batch=batch, dtype=np.dtype(dtype).name, threads=threads,
-                                  median_s=median, iqr_s=iqr, rounds=rounds,
-                                  samples_per_s=batch / median,
-                                  gflops=step_flops(sizes, batch) / median / 1e9))
-                if progress:
-                    progress(group[-1])
-            base = {r["implementation"]: r["median_s"] for r in group}
-            for r in group:
+            set_threads(threads)  # torch is configured once it is imported
+            per_round = {name: [] for name in steps}
+            for _ in range(rounds):
+                for name, step in steps.items():
+                    median, _, _ = time_step(step, min_time=min_time / rounds, min_rounds=3)
+                    per_round[name].append(median)
+            group = []
+            for name, times in per_round.items():
+                median = statistics.median(times)
+                q = statistics.quantiles(times, n=4) if len(times) >= 4 else [median] * 3
+                row = dict(implementation=name, sizes="-".join(map(str, sizes)), batch=batch,
+                           dtype=np.dtype(dtype).name, threads=threads, median_s=median,
+                           iqr_s=q[2] - q[0], rounds=rounds, samples_per_s=batch / median,
+                           gflops=step_flops(sizes, batch) / median / 1e9)
                 for ref in ("course-numpy", "torch", "gemms-only"):
-                    if ref in base:
-                        r[f"speedup_vs_{ref}"] = base[ref] / r["median_s"]
+                    if ref in per_round:
+                        row[f"speedup_vs_{ref}"] = statistics.median(
+                            b / t for b, t in zip(per_round[ref], times))
+                group.append(row)
+                if progress:
+                    progress(row)
             rows += group
     return rows
 

@@ -665,7 +665,10 @@ def _add_bench_arguments(p):
                    help=f"comma list of implementations (default: all of "
                         f"{','.join(bench.IMPLEMENTATIONS)}; missing extras are skipped)")
     p.add_argument("--min-time", type=positive_float, default=None, metavar="SECONDS",
-                   help="timing budget per row (default: 0.5, or 0.05 with --quick)")
+                   help="timing budget per row (default: 1.0, or 0.1 with --quick)")
+    p.add_argument("--rounds", type=positive_int, default=5, metavar="N",
+                   help="interleaved rounds per shape; times and ratios are medians over them "
+                        "(default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the rows and the machine as JSON")
     p.add_argument("--plot", metavar="FILE", help="bar chart of the speedups (needs matplotlib)")
     p.add_argument("--threads", type=positive_int, metavar="N",
@@ -696,13 +699,15 @@ def _run_bench(args):
     if args.plot:
         _matplotlib_figure()
     shapes = QUICK_SHAPES if args.quick else bench.STEP_SHAPES
-    min_time = args.min_time or (0.05 if args.quick else 0.5)
+    min_time = args.min_time or (0.1 if args.quick else 1.0)
     config = _config.config()
-    print(f"fastbp {__version__} bench: one SGD-momentum step per row, {args.dtype}, median of "
-          f">= {min_time:g} s per row", flush=True)
+    print(f"fastbp {__version__} bench: one SGD-momentum step per row, {args.dtype}; "
+          f"implementations interleaved over {args.rounds} rounds, >= {min_time:g} s per row; "
+          f"medians", flush=True)
     print(f"machine: {config['platform']}, {config['usable cores']} usable cores; "
           f"BLAS: {'; '.join(config['blas']) or 'unknown'}", flush=True)
-    rows = bench.compare(shapes, args.only, np.dtype(args.dtype), args.threads, min_time)
+    rows = bench.compare(shapes, args.only, np.dtype(args.dtype), args.threads, min_time,
+                         args.rounds)
     print(f"threads: {rows[0]['threads'] if rows else '?'} for every implementation")
     print(bench.format_table(rows))
     print("vs numpy / vs torch: speedup over the course-style NumPy step / PyTorch eager "
