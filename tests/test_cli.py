@@ -9,6 +9,7 @@ import signal
 import struct
 import json
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -32,9 +33,14 @@ def _env():
     return env
 
 
+#: where the CLI runs unless a test says otherwise: never the checkout, whose uninstalled
+#: ``fastbp/`` (no compiled kernels) ``python -m`` would put ahead of the installed package
+OUTSIDE = tempfile.gettempdir()
+
+
 def fastbp_cli(*args, cwd=None):
     """Run ``python -m fastbp *args``; returns the CompletedProcess (text mode)."""
-    return subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], cwd=cwd or OUTSIDE,
                           env=_env(), capture_output=True, text=True, timeout=300)
 
 
