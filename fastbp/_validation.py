@@ -6,6 +6,8 @@ helpers are cheap (no copies unless a dtype change or non-contiguous layout forc
 they run on every call of the course API.
 """
 
+import math
+
 import numpy as np
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -60,6 +62,15 @@ def as_labels(y, name, n, n_classes):
         bad = a[(a < 0) | (a >= n_classes)][0]
         raise ValueError(f"{name} must lie in [0, {n_classes}), found label {bad}")
     return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def finite_real(value, name):
+    """`value` as a float: TypeError unless a real number, ValueError unless finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
 
 
 def require_shape(a, name, shape):

@@ -14,7 +14,9 @@ import math
 import numpy as np
 
 from ._config import threads_for
-from ._validation import as_array, as_float, as_labels, compute_dtype, require_shape, unpack_cache
+from ._validation import (
+    as_array, as_float, as_labels, compute_dtype, finite_real, require_shape, unpack_cache,
+)
 from .backend import kernels
 
 __all__ = [
@@ -172,14 +174,6 @@ def _backward(kernel, dout, saved, saved_name, *scalars):
     return dx
 
 
-def _real(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
 def _approximate(value):
     if value not in ("none", "tanh"):
         raise ValueError(f"approximate must be 'none' or 'tanh', got {value!r}")
@@ -218,7 +212,7 @@ def relu_backward(dout, cache):
 
 def leaky_relu_forward(x, alpha=0.01):
     """Leaky ReLU forward: ``x if x > 0 else alpha * x``; cache ``(x, alpha)``."""
-    alpha = _real(alpha, "alpha")
+    alpha = finite_real(alpha, "alpha")
     a, out = _forward("leaky_relu_forward", x, alpha)
     return out, (a, alpha)
 
@@ -226,7 +220,7 @@ def leaky_relu_forward(x, alpha=0.01):
 def leaky_relu_backward(dout, cache):
     """Leaky ReLU backward: ``dout * (1 if x > 0 else alpha)``; returns dx."""
     x, alpha = unpack_cache(cache, "cache", 2)
-    return _backward("leaky_relu_backward", dout, x, "cache x", _real(alpha, "cache alpha"))
+    return _backward("leaky_relu_backward", dout, x, "cache x", finite_real(alpha, "cache alpha"))
 
 
 def sigmoid_forward(x):
@@ -253,7 +247,7 @@ def tanh_backward(dout, cache):
 
 def elu_forward(x, alpha=1.0):
     """ELU forward: ``x if x > 0 else alpha * (exp(x) - 1)``; cache ``(x, alpha)``."""
-    alpha = _real(alpha, "alpha")
+    alpha = finite_real(alpha, "alpha")
     a, out = _forward("elu_forward", x, alpha)
     return out, (a, alpha)
 
@@ -261,7 +255,7 @@ def elu_forward(x, alpha=1.0):
 def elu_backward(dout, cache):
     """ELU backward from the input: ``dout if x > 0 else dout * alpha * exp(x)``; returns dx."""
     x, alpha = unpack_cache(cache, "cache", 2)
-    return _backward("elu_backward", dout, x, "cache x", _real(alpha, "cache alpha"))
+    return _backward("elu_backward", dout, x, "cache x", finite_real(alpha, "cache alpha"))
 
 
 def gelu_forward(x, approximate="none"):
@@ -427,7 +421,7 @@ def _dropout_mode(dropout_param):
 def _keep_prob(dropout_param):
     if "p" not in dropout_param:
         raise ValueError("dropout_param must give 'p', the probability of keeping a unit")
-    p = _real(dropout_param["p"], "dropout_param['p']")
+    p = finite_real(dropout_param["p"], "dropout_param['p']")
     if not 0.0 < p <= 1.0:
         raise ValueError(
             f"dropout_param['p'] is the keep probability and must lie in (0, 1], got {p}"

@@ -287,34 +287,33 @@ class _Activation(Module):
         return dx
 
 
-def _finite_real(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
 class ReLU(_Activation):
     """``max(x, 0)``; the derivative at 0 is 0."""
 
     kernel = "relu"
 
 
-class LeakyReLU(_Activation):
-    """``x if x > 0 else alpha * x``."""
+class _AlphaActivation(_Activation):
+    """An activation with one slope parameter ``alpha`` passed to its kernels."""
 
-    kernel = "leaky_relu"
-
-    def __init__(self, alpha=0.01):
+    def __init__(self, alpha):
         super().__init__()
-        self.alpha = _finite_real(alpha, "alpha")
+        self.alpha = val.finite_real(alpha, "alpha")
 
     def _scalars(self):
         return (self.alpha,)
 
     def __repr__(self):
-        return f"LeakyReLU(alpha={self.alpha})"
+        return f"{type(self).__name__}(alpha={self.alpha})"
+
+
+class LeakyReLU(_AlphaActivation):
+    """``x if x > 0 else alpha * x``."""
+
+    kernel = "leaky_relu"
+
+    def __init__(self, alpha=0.01):
+        super().__init__(alpha)
 
 
 class Sigmoid(_Activation):
@@ -331,20 +330,13 @@ class Tanh(_Activation):
     saves_output = True
 
 
-class ELU(_Activation):
+class ELU(_AlphaActivation):
     """``x if x > 0 else alpha * (exp(x) - 1)``."""
 
     kernel = "elu"
 
     def __init__(self, alpha=1.0):
-        super().__init__()
-        self.alpha = _finite_real(alpha, "alpha")
-
-    def _scalars(self):
-        return (self.alpha,)
-
-    def __repr__(self):
-        return f"ELU(alpha={self.alpha})"
+        super().__init__(alpha)
 
 
 class GELU(_Activation):

@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import DTYPES, THREADS, assert_close, tol
+from helpers import DTYPES, THREADS, assert_close
 
 from fastbp._kernels import _losses
 from fastbp.reference import losses

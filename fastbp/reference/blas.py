@@ -1,7 +1,5 @@
 """NumPy twin of fastbp._kernels._blas."""
 
-import numpy as np
-
 __all__ = ["gemm"]
 
 
