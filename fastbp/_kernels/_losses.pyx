@@ -122,6 +122,39 @@ cdef double _scaled_total(const double[::1] row_loss, double scale) noexcept nog
 # ---------------------------------------------------------------------------------------------
 # Kernels
 
+cdef inline double _class_row(bint hinge, const floating *x, floating *d, Py_ssize_t c,
+                              Py_ssize_t y, double scale) noexcept nogil:
+    return svm_row(x, d, c, y, scale) if hinge else softmax_xent_row(x, d, c, y, scale)
+
+
+cdef double _classification(str fn, str x_name, str d_name, bint hinge,
+                            const floating[:, ::1] x, const int64_t[::1] labels,
+                            floating[:, ::1] dx, double[::1] row_loss, double scale,
+                            int n_threads) except? -1:
+    """The body of softmax_cross_entropy (hinge False) and svm_hinge (hinge True)."""
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], i
+    cdef bint grad = dx is not None
+    _check_common(fn, x_name, n, c, dx, d_name, dx.shape[0] if grad else 0,
+                  dx.shape[1] if grad else 0, row_loss.shape[0], n_threads)
+    _check_labels(fn, x_name, labels, n, c)
+    if n == 0:
+        return 0.0
+    cdef const floating *px = &x[0, 0]
+    cdef floating *d = &dx[0, 0] if grad else NULL
+    cdef const int64_t *y = &labels[0]
+    cdef double *rl = &row_loss[0]
+    _check_disjoint(fn, d_name, d, n * c * sizeof(floating) * grad,
+                    rl, n * sizeof(double), px, n * c * sizeof(floating), y, n * sizeof(int64_t))
+    with nogil:
+        if n_threads > 1:
+            for i in prange(n, schedule="static", num_threads=n_threads):
+                rl[i] = _class_row(hinge, px + i * c, d + i * c if grad else NULL, c, y[i], scale)
+        else:  # no parallel region: it costs ~0.8 us even with one thread
+            for i in range(n):
+                rl[i] = _class_row(hinge, px + i * c, d + i * c if grad else NULL, c, y[i], scale)
+    return _scaled_total(row_loss, scale)
+
+
 def softmax_cross_entropy(const floating[:, ::1] logits not None,
                           const int64_t[::1] labels not None,
                           floating[:, ::1] dlogits,
@@ -147,28 +180,8 @@ def softmax_cross_entropy(const floating[:, ::1] logits not None,
         If the shapes or dtypes disagree, a label is outside [0, C), C = 0 with N > 0, an output
         overlaps another argument, or n_threads < 1.
     """
-    cdef Py_ssize_t n = logits.shape[0], c = logits.shape[1], i
-    cdef bint grad = dlogits is not None
-    _check_common("softmax_cross_entropy", "logits", n, c, dlogits, "dlogits",
-                  dlogits.shape[0] if grad else 0, dlogits.shape[1] if grad else 0,
-                  row_loss.shape[0], n_threads)
-    _check_labels("softmax_cross_entropy", "logits", labels, n, c)
-    if n == 0:
-        return 0.0
-    cdef const floating *z = &logits[0, 0]
-    cdef floating *d = &dlogits[0, 0] if grad else NULL
-    cdef const int64_t *y = &labels[0]
-    cdef double *rl = &row_loss[0]
-    _check_disjoint("softmax_cross_entropy", "dlogits", d, n * c * sizeof(floating) * grad,
-                    rl, n * sizeof(double), z, n * c * sizeof(floating), y, n * sizeof(int64_t))
-    with nogil:
-        if n_threads > 1:
-            for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = softmax_xent_row(z + i * c, d + i * c if grad else NULL, c, y[i], scale)
-        else:  # no parallel region: it costs ~0.8 us even with one thread
-            for i in range(n):
-                rl[i] = softmax_xent_row(z + i * c, d + i * c if grad else NULL, c, y[i], scale)
-    return _scaled_total(row_loss, scale)
+    return _classification("softmax_cross_entropy", "logits", "dlogits", False, logits,
+                           labels, dlogits, row_loss, scale, n_threads)
 
 
 def svm_hinge(const floating[:, ::1] scores not None,
@@ -182,28 +195,8 @@ def svm_hinge(const floating[:, ::1] scores not None,
     Parameters and errors as for `softmax_cross_entropy` (scores for logits, dscores for
     dlogits).  A margin of exactly 0 contributes neither loss nor gradient.
     """
-    cdef Py_ssize_t n = scores.shape[0], c = scores.shape[1], i
-    cdef bint grad = dscores is not None
-    _check_common("svm_hinge", "scores", n, c, dscores, "dscores",
-                  dscores.shape[0] if grad else 0, dscores.shape[1] if grad else 0,
-                  row_loss.shape[0], n_threads)
-    _check_labels("svm_hinge", "scores", labels, n, c)
-    if n == 0:
-        return 0.0
-    cdef const floating *s = &scores[0, 0]
-    cdef floating *d = &dscores[0, 0] if grad else NULL
-    cdef const int64_t *y = &labels[0]
-    cdef double *rl = &row_loss[0]
-    _check_disjoint("svm_hinge", "dscores", d, n * c * sizeof(floating) * grad,
-                    rl, n * sizeof(double), s, n * c * sizeof(floating), y, n * sizeof(int64_t))
-    with nogil:
-        if n_threads > 1:
-            for i in prange(n, schedule="static", num_threads=n_threads):
-                rl[i] = svm_row(s + i * c, d + i * c if grad else NULL, c, y[i], scale)
-        else:  # no parallel region: it costs ~0.8 us even with one thread
-            for i in range(n):
-                rl[i] = svm_row(s + i * c, d + i * c if grad else NULL, c, y[i], scale)
-    return _scaled_total(row_loss, scale)
+    return _classification("svm_hinge", "scores", "dscores", True, scores, labels, dscores,
+                           row_loss, scale, n_threads)
 
 
 def mse(const floating[:, ::1] pred not None,
