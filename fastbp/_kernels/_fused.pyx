@@ -28,8 +28,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from ._activation_math cimport (
-    elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd, gelu_tanh_fwd, leaky_relu_fwd, relu_fwd,
-    sigmoid_fwd, tanh_fwd,
+    elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd, gelu_tanh_fwd, leaky_relu_bwd, leaky_relu_fwd,
+    relu_bwd, relu_fwd, sigmoid_bwd, sigmoid_fwd, tanh_bwd, tanh_fwd,
 )
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
@@ -140,29 +140,37 @@ def linear_act_forward(const floating[:, ::1] x, const floating[:, ::1] w,
         _epilogue(&out[0, 0], pb, ppre, n, m, act, falpha, n_threads)
 
 
+cdef inline floating _elu_bwd_from_output(floating g, floating a, floating alpha) noexcept nogil:
+    """ELU'(z)·g from the output a: 1 where a > 0, a + alpha (= alpha·e^z) elsewhere."""
+    return g if a > 0 else g * (a + alpha)
+
+
 cdef inline void _derivative_segment(const floating *g, const floating *s, floating *dz,
                                      Py_ssize_t w, int act, floating alpha) noexcept nogil:
-    """dz[j] := g[j] * act'(.) for one row segment; s is the output a, or z for gelu*."""
+    """dz[j] := g[j] * act'(.) for one row segment; s is the output a, or z for gelu*.
+
+    Every branch passes loaded values to a select (the scalar helpers), never a conditional
+    load (`g[j] if s[j] > 0 else 0` compiled to a branch: 10x slower on random signs).
+    """
     cdef Py_ssize_t j
-    cdef floating one = 1
     if act == IDENTITY:
         for j in range(w):
             dz[j] = g[j]
-    elif act == RELU:
+    elif act == RELU:  # a > 0 exactly where z > 0
         for j in range(w):
-            dz[j] = g[j] if s[j] > 0 else 0
-    elif act == LEAKY_RELU:
+            dz[j] = relu_bwd(g[j], s[j])
+    elif act == LEAKY_RELU:  # likewise, for alpha >= 0
         for j in range(w):
-            dz[j] = g[j] if s[j] > 0 else alpha * g[j]
+            dz[j] = leaky_relu_bwd(g[j], s[j], alpha)
     elif act == SIGMOID:
         for j in range(w):
-            dz[j] = g[j] * s[j] * (one - s[j])
+            dz[j] = sigmoid_bwd(g[j], s[j])
     elif act == TANH:
         for j in range(w):
-            dz[j] = g[j] * (one - s[j] * s[j])
+            dz[j] = tanh_bwd(g[j], s[j])
     elif act == ELU:
         for j in range(w):
-            dz[j] = g[j] if s[j] > 0 else g[j] * (s[j] + alpha)
+            dz[j] = _elu_bwd_from_output(g[j], s[j], alpha)
     elif act == GELU:
         for j in range(w):
             dz[j] = gelu_bwd(g[j], s[j])
