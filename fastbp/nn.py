@@ -21,6 +21,7 @@ Design
 """
 
 import math
+from types import MappingProxyType
 
 import numpy as np
 
@@ -78,8 +79,8 @@ class Module:
     implement ``forward`` and ``backward``.
     """
 
-    params = {}
-    grads = {}
+    params = MappingProxyType({})  # read-only defaults: a subclass sets its own dicts
+    grads = MappingProxyType({})
 
     def forward(self, x):
         raise NotImplementedError
