@@ -250,6 +250,13 @@ def compare(shapes=STEP_SHAPES, implementations=tuple(IMPLEMENTATIONS), dtype=np
     """
     from . import get_num_threads
 
+    unknown = [name for name in implementations if name not in IMPLEMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown implementations {unknown}; choose from {list(IMPLEMENTATIONS)}")
+    if not (isinstance(rounds, int) and rounds >= 1):
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if not min_time > 0:
+        raise ValueError(f"min_time must be > 0 seconds, got {min_time!r}")
     if threads is not None:
         set_threads(threads)
     threads = get_num_threads()

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _validation as val
 from ._config import threads_for
+from ._fused_step import fused_train_step, fusion_plan
 from .backend import kernels
 
 __all__ = [
@@ -551,20 +552,22 @@ class Sequential(Module):
         forward, backward and ``optimizer.step`` (same result within float tolerance).  Inputs
         are validated before any parameter changes.
         """
+        if not isinstance(loss, _Loss):
+            raise TypeError(f"loss must be a fastbp.nn loss (SoftmaxCrossEntropy, "
+                            f"MulticlassHinge, MSELoss), got {type(loss).__name__}")
+        if not callable(getattr(optimizer, "step", None)):
+            raise TypeError(f"optimizer must be a fastbp.optim optimizer with a step(params, "
+                            f"grads) method, got {type(optimizer).__name__}")
         plan = self._fusion_plan()
         if plan is None:
             value = loss.forward(self.forward(x), y)
             self.backward(loss.backward())
             optimizer.step(self.params, self.grads)
             return value
-        from ._fused_step import fused_train_step
-
         return fused_train_step(self, plan, x, y, loss, optimizer)
 
     def _fusion_plan(self):
         """The fused plan for the current layers (fastbp._fused_step.fusion_plan), cached."""
-        from ._fused_step import fusion_plan
-
         key = tuple(map(id, self.layers))
         if key not in self._fused_cache:
             self._fused_cache = {key: fusion_plan(self.layers)}
@@ -597,6 +600,7 @@ class Sequential(Module):
         argmax of the outputs with integer labels (NaN for regression targets).
         """
         crit = loss or self.criterion or SoftmaxCrossEntropy()
+        _positive_int(batch_size, "batch_size")
         a = val.as_array(x, "x")
         t = np.asarray(y)
         if t.shape[0] != a.shape[0]:

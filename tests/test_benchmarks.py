@@ -62,3 +62,13 @@ def test_gemms_only_step_runs():
 def test_step_flops():
     assert bench.step_flops((784, 100, 10), 64) == 2 * (2 * 64 * 784 * 100 + 2 * 64 * 100 * 10) \
         + 2 * 64 * 100 * 10
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(implementations=("jax",)), "unknown implementations"),
+    (dict(rounds=0), "rounds must be"),
+    (dict(min_time=0), "min_time must be"),
+])
+def test_compare_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bench.compare([((4, 3), (2,))], **{"implementations": ("fastbp",), **kwargs})

@@ -309,3 +309,14 @@ def test_compiled_step_handles_changing_batch_sizes_and_label_dtypes():
         assert_close(vf, vp, np.float32)
     for name, p in plain.params.items():
         assert_close(fused.params[name], p, np.float32)
+
+
+def test_train_step_and_evaluate_reject_wrong_argument_types():
+    model = _mlp([4, 5, 3])
+    x, y = np.ones((2, 4)), np.array([0, 1])
+    with pytest.raises(TypeError, match="loss must be a fastbp.nn loss"):
+        model.train_step(x, y, "softmax", optim.SGD(lr=0.1))
+    with pytest.raises(TypeError, match="optimizer must be"):
+        model.train_step(x, y, nn.SoftmaxCrossEntropy(), None)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        model.evaluate(x, y, batch_size=0)
