@@ -78,13 +78,20 @@ def _comm(comm):
     return comm
 
 
-def _check_same(comm, value, what):
-    """Raise ValueError on EVERY rank unless `value` is equal on all of them (one allgather)."""
-    values = comm.allgather(value)
-    differ = [r for r, v in enumerate(values) if v != values[0]]
-    if differ:
-        raise ValueError(f"{what} differs between ranks: rank 0 has {values[0]!r}, "
-                         + ", ".join(f"rank {r} has {values[r]!r}" for r in differ))
+def _check_same(comm, items, what):
+    """Raise ValueError on EVERY rank unless the list `items` is equal on all ranks (one
+    allgather); the message names each differing rank and its first difference."""
+    ranks = comm.allgather(list(items))
+    first = ranks[0]
+    problems = []
+    for r, mine in enumerate(ranks[1:], 1):
+        if mine != first:
+            k = next((i for i, (a, b) in enumerate(zip(first, mine)) if a != b),
+                     min(len(first), len(mine)))
+            problems.append(f"rank {r} has {mine[k] if k < len(mine) else 'nothing'!s} where "
+                            f"rank 0 has {first[k] if k < len(first) else 'nothing'!s}")
+    if problems:
+        raise ValueError(f"{what} differs between ranks: " + "; ".join(problems))
 
 
 # ------------------------------------------------------------------------------- failure
@@ -128,6 +135,7 @@ def _abort(comm, error, brief):
     print(f"fastbp: error: {where}: {detail} (aborting every rank)", file=sys.stderr,
           flush=True)
     comm.Abort(1)
+    os._exit(1)  # measured: MPICH's Abort may return before it kills this process
 
 
 # ------------------------------------------------------------------------------------ data
@@ -218,8 +226,9 @@ def iterate_minibatches(X, y, batch_size, comm=None, shuffle=True, seed=None, dr
 def _shards(X, y, batches, comm):
     for step, (index, _) in enumerate(batches):
         if step == 0:
-            _check_same(comm, (len(X), zlib.crc32(index.tobytes())),
-                        "the first batch (rows in the data set, checksum of its row order)")
+            _check_same(comm, [f"{len(X)} rows, first batch order checksum "
+                               f"{zlib.crc32(index.tobytes()):08x}"],
+                        "the data (pass the same X, y and seed on every rank)")
         mine = index[shard(len(index), comm)]
         yield X[mine], y[mine]
 
@@ -297,8 +306,8 @@ def _rows(x, y):
 
 def _signature(model):
     """What must agree across ranks: the layers and every parameter's name, shape and dtype."""
-    return ([repr(layer) for layer in model.layers],
-            [(name, p.shape, p.dtype.str) for name, p in model.params.items()])
+    return ([f"layer {i}: {layer!r}" for i, layer in enumerate(model.layers)]
+            + [f"params[{name!r}]: {p.dtype} {p.shape}" for name, p in model.params.items()])
 
 
 class DataParallel:
@@ -341,8 +350,7 @@ class DataParallel:
         self.comm = _comm(comm)
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.model = model
-        _check_same(self.comm, _signature(model), "the model (layers; parameter names, shapes "
-                    "and dtypes)")
+        _check_same(self.comm, _signature(model), "the model")
         params = model.params
         dtypes = {p.dtype for p in params.values()}
         if len(dtypes) != 1:
@@ -381,7 +389,7 @@ class DataParallel:
         """First use of `optimizer`: every rank takes rank 0's hyper-parameters and state."""
         if optimizer in self._synced:
             return
-        _check_same(self.comm, type(optimizer).__qualname__, "the optimizer class")
+        _check_same(self.comm, [f"optimizer {type(optimizer).__qualname__}"], "the optimizer")
         state = self.comm.bcast(optimizer.state_dict() if self.rank == 0 else None, root=0)
         with abort_on_error(self.comm):
             if self.rank != 0:
