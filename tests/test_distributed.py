@@ -185,6 +185,15 @@ def test_cli_distributed_matches_single_process(tmp_path, dtype):
     assert proc.stdout.count(f"saved model to {model}") == 1 and model.is_file()
 
 
+@needs_mpi
+def test_cli_user_error_is_one_line_and_ends_every_rank():
+    proc = mpirun("-m", "fastbp", "train", "--distributed", "--data", "mnist:/nonexistent")
+    assert proc.returncode == 1
+    assert ("of 2: --data mnist:/nonexistent: /nonexistent: MNIST directory not found (or not a "
+            "directory) (aborting every rank)") in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # ------------------------------------------------------------------------------- benchmark
 
 
@@ -194,3 +203,4 @@ def test_scaling_benchmark_runs_on_tiny_shapes():
                   "--batch", "8", "--steps", "3")
     assert proc.returncode == 0, proc.stderr
     assert "allreduce share" in proc.stdout
+
