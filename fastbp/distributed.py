@@ -88,8 +88,8 @@ def _check_same(comm, items, what):
         if mine != first:
             k = next((i for i, (a, b) in enumerate(zip(first, mine)) if a != b),
                      min(len(first), len(mine)))
-            problems.append(f"rank {r} has {mine[k] if k < len(mine) else 'nothing'!s} where "
-                            f"rank 0 has {first[k] if k < len(first) else 'nothing'!s}")
+            theirs, ours = (v[k] if k < len(v) else "nothing" for v in (mine, first))
+            problems.append(f"rank {r} has {theirs} where rank 0 has {ours}")
     if problems:
         raise ValueError(f"{what} differs between ranks: " + "; ".join(problems))
 
@@ -304,9 +304,15 @@ def _rows(x, y):
     return x_shape[0] if x_shape else 1
 
 
+def _layer_text(layer):
+    """A layer's repr, or its class name where the repr is object's (it holds an address)."""
+    cls = type(layer)
+    return repr(layer) if cls.__repr__ is not object.__repr__ else f"a {cls.__qualname__}"
+
+
 def _signature(model):
     """What must agree across ranks: the layers and every parameter's name, shape and dtype."""
-    return ([f"layer {i}: {layer!r}" for i, layer in enumerate(model.layers)]
+    return ([f"layer {i}: {_layer_text(layer)}" for i, layer in enumerate(model.layers)]
             + [f"params[{name!r}]: {p.dtype} {p.shape}" for name, p in model.params.items()])
 
 

@@ -92,6 +92,40 @@ def optimizer_state():
     _report({"state_identical": same_state, "hinge_identical": _same_on_every_rank(_flat(hinge))})
 
 
+class _Halve(nn.Module):
+    """A user-defined layer (``x / 2``): no fused plan covers it."""
+
+    def __init__(self):
+        self.params, self.grads = {}, {}
+
+    def forward(self, x):
+        return x / 2
+
+    def backward(self, dout):
+        return dout / 2
+
+
+def unfused_model():
+    """A model the fused step cannot take: gradients reach the all-reduce buffer through the
+    optimizer's ``step``, and training still equals one process."""
+    def build():
+        return nn.Sequential(nn.Linear(5, 7, dtype=np.float64, rng=0), nn.Tanh(), _Halve(),
+                             nn.Linear(7, 3, dtype=np.float64, rng=1),
+                             criterion=nn.SoftmaxCrossEntropy())
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((STEPS, 9, 5)), rng.integers(0, 3, (STEPS, 9))
+    reference, model = build(), build()
+    parallel = DataParallel(model, comm)
+    ref_opt, opt = optim.Adam(1e-2), optim.Adam(1e-2)
+    part = slice((0, 2, 9)[comm.rank], (0, 2, 9)[comm.rank + 1])
+    for t in range(STEPS):
+        reference.train_step(X[t], Y[t], reference.criterion, ref_opt)
+        parallel.train_step(X[t][part], Y[t][part], model.criterion, opt)
+    error = max(float(np.abs(model.params[k] - p).max() / np.abs(p).max())
+                for k, p in reference.params.items())
+    _report({"param_rel_error": error, "identical": _same_on_every_rank(_flat(model))})
+
+
 def batches():
     """The ranks' parts of each batch tile the single-process batch; shard tiles ranges."""
     rng = np.random.default_rng(3)
@@ -115,6 +149,31 @@ def batches():
         seed_error = str(e)
     _report({"shard_tiles": tiles, "batches_match": joined == expected,
              "rows_match": rows_match, "fresh_seed_ok": fresh_ok, "seed_error": seed_error})
+
+
+def bad_arguments():
+    """Clear errors (type and message) for arguments that can be checked locally."""
+    cases = {
+        "shard(-1)": lambda: shard(-1, comm),
+        "shard(2.5)": lambda: shard(2.5, comm),
+        "shard(comm='world')": lambda: shard(3, "world"),
+        "DataParallel(Linear)": lambda: DataParallel(nn.Linear(3, 2), comm),
+        "train_step(optimizer=None)": lambda: DataParallel(nn.MLP([3, 2]), comm).train_step(
+            np.ones((2, 3), np.float32), [0, 1], nn.SoftmaxCrossEntropy(), None),
+        "iterate_minibatches(3 rows, 2 labels)": lambda: list(iterate_minibatches(
+            np.ones((3, 2)), np.ones(2), 2, comm)),
+        "train_step(every rank empty)": lambda: DataParallel(nn.MLP([3, 2]), comm).train_step(
+            np.ones((0, 3), np.float32), np.ones(0, int), nn.SoftmaxCrossEntropy(),
+            optim.SGD(0.1)),
+    }
+    errors = {}
+    for name, call in cases.items():
+        try:
+            call()
+            errors[name] = "no error"
+        except (TypeError, ValueError) as e:
+            errors[name] = f"{type(e).__name__}: {e}"
+    _report(errors)
 
 
 def fail_in_step():

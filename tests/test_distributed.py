@@ -122,12 +122,38 @@ def test_optimizer_state_broadcast_and_other_optimizers_and_losses():
 
 
 @needs_mpi
+def test_unfused_model_trains_like_one_process():
+    result = report("unfused_model")
+    assert result["param_rel_error"] < TOLERANCE["float64"]
+    assert result["identical"]
+
+
+@needs_mpi
 def test_sharded_batches_tile_the_single_process_batches():
     result = report("batches")
     assert result["shard_tiles"] and result["batches_match"] and result["rows_match"]
     assert result["fresh_seed_ok"]
     assert result["seed_error"].startswith("the data (pass the same X, y and seed on every "
                                            "rank) differs between ranks: rank 1 has")
+
+
+@needs_mpi
+def test_bad_arguments_raise_clear_errors():
+    errors = report("bad_arguments")
+    assert errors == {
+        "shard(-1)": "ValueError: n_rows must be >= 0, got -1",
+        "shard(2.5)": "TypeError: n_rows must be an int, got float",
+        "shard(comm='world')": "TypeError: comm must be an mpi4py.MPI.Comm (or None for "
+                               "COMM_WORLD), got str",
+        "DataParallel(Linear)": "TypeError: model must be a fastbp.nn.Sequential (MLP), got "
+                                "Linear",
+        "train_step(optimizer=None)": "TypeError: optimizer must be a fastbp.optim optimizer, "
+                                      "got NoneType",
+        "iterate_minibatches(3 rows, 2 labels)": "ValueError: X and y must hold the same number "
+                                                 "of rows, got shapes (3, 2) and (2,)",
+        "train_step(every rank empty)": "ValueError: the global batch is empty: every rank "
+                                        "passed 0 rows",
+    }
 
 
 # ---------------------------------------------------------------------------------- failures
