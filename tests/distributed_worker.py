@@ -151,6 +151,22 @@ def batches():
              "rows_match": rows_match, "fresh_seed_ok": fresh_ok, "seed_error": seed_error})
 
 
+def threads():
+    """Threads per rank (fastbp's and BLAS's) after creating a DataParallel; argv[2] == "user"
+    means the user called fastbp.set_num_threads(2) first."""
+    import fastbp
+    from threadpoolctl import threadpool_info
+
+    from fastbp._config import USABLE_CORES
+
+    if sys.argv[2:] == ["user"]:
+        fastbp.set_num_threads(2)
+    parallel = DataParallel(nn.MLP([3, 2]), comm)
+    blas = sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+    _report({"threads": parallel.threads, "fastbp": fastbp.get_num_threads(), "blas": blas,
+             "usable_cores": USABLE_CORES})
+
+
 def bad_arguments():
     """Clear errors (type and message) for arguments that can be checked locally."""
     cases = {

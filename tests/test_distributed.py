@@ -61,9 +61,9 @@ def mpirun(*args, n=2):
     return _run([*MPIEXEC, "-n", str(n), sys.executable, *map(str, args)])
 
 
-def report(scenario):
+def report(*scenario):
     """Run a worker scenario that must succeed; returns rank 0's JSON report."""
-    proc = mpirun(WORKER, scenario)
+    proc = mpirun(WORKER, *scenario)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -135,6 +135,20 @@ def test_sharded_batches_tile_the_single_process_batches():
     assert result["fresh_seed_ok"]
     assert result["seed_error"].startswith("the data (pass the same X, y and seed on every "
                                            "rank) differs between ranks: rank 1 has")
+
+
+@needs_mpi
+def test_each_rank_takes_its_share_of_the_cores():
+    result = report("threads")
+    share = max(1, result["usable_cores"] // 2)  # two ranks on one node, same cores
+    assert result["threads"] == result["fastbp"] == share
+    assert result["blas"] == [share]
+
+
+@needs_mpi
+def test_a_user_thread_setting_wins():
+    result = report("threads", "user")
+    assert result["threads"] == result["fastbp"] == min(2, result["usable_cores"])
 
 
 @needs_mpi
