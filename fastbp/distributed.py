@@ -18,7 +18,8 @@ b. One flat buffer per step.  :class:`DataParallel` allocates, once, a contiguou
    scaled copy -- then ONE in-place ``Allreduce(SUM)`` adds everything, rows and losses
    included, and one division by the global row count leaves the gradient of the mean loss over
    the concatenated batch.  So unequal shards (and ranks with 0 rows) weigh exactly as the rows
-   they hold, and a step costs one collective, not one per parameter.
+   they hold, and a step costs one collective, not one per parameter.  (The two slots share
+   the model's dtype: float32 counts rows exactly up to 2**24 per global batch.)
 c. Every rank then runs the user's optimizer on identical gradients: updates, optimizer state
    and parameters stay bitwise identical across ranks without further communication.  Rank 0's
    parameters are broadcast at creation (:meth:`DataParallel.broadcast_parameters`) and its
@@ -425,7 +426,7 @@ class DataParallel:
         TypeError
             If `optimizer` has no ``step(params, grads)`` (on every rank alike).
         ValueError
-            On every rank, if the global batch has no rows.
+            On every rank, if the global batch has no rows (or, for float32, over 2**24).
 
         Notes
         -----
@@ -451,6 +452,9 @@ class DataParallel:
         total = float(buf[-2])
         if total == 0:
             raise ValueError("the global batch is empty: every rank passed 0 rows")
+        if total > 2.0 ** (np.finfo(buf.dtype).nmant + 1):
+            raise ValueError(f"a global batch of {total:,.0f} rows is more than {buf.dtype} "
+                             "counts exactly: use smaller batches or a float64 model")
         np.divide(self._flat_grads, buf[-2], out=self._flat_grads)
         with abort_on_error(self.comm):
             optimizer.step(self.model.params, self.grads)
