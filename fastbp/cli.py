@@ -309,7 +309,8 @@ def _progress_bar(total, desc):
                 dynamic_ncols=True)
 
 
-def fit(model, ds, optimizer, epochs, batch_size, rng, on_epoch=None):
+def fit(model, ds, optimizer, epochs, batch_size, rng, on_epoch=None, step=None,
+        batches=None):
     """Train `model` on ``ds.X_train`` with ``Sequential.train_step``; returns the history.
 
     Parameters
@@ -323,11 +324,16 @@ def fit(model, ds, optimizer, epochs, batch_size, rng, on_epoch=None):
         Draws each epoch's minibatch order.
     on_epoch : callable, optional
         Called with each :class:`EpochStats` as soon as the epoch is measured.
+    step, batches : callable, optional
+        Replace ``model.train_step`` and :func:`fastbp.data.iterate_minibatches` (same
+        signatures); ``fastbp.distributed`` passes its data-parallel step and sharded batches.
 
     Returns
     -------
     list of EpochStats
     """
+    step = step or model.train_step
+    batches = batches or data.iterate_minibatches
     history = []
     n = len(ds.y_train)
     steps = math.ceil(n / batch_size)
@@ -336,8 +342,8 @@ def fit(model, ds, optimizer, epochs, batch_size, rng, on_epoch=None):
         start = time.perf_counter()
         running, seen = 0.0, 0  # the bar shows the epoch's mean minibatch loss so far
         try:
-            for xb, yb in data.iterate_minibatches(ds.X_train, ds.y_train, batch_size, seed=rng):
-                loss = model.train_step(xb, yb, model.criterion, optimizer)
+            for xb, yb in batches(ds.X_train, ds.y_train, batch_size, seed=rng):
+                loss = step(xb, yb, model.criterion, optimizer)
                 if bar is not None:
                     running, seen = running + loss * len(yb), seen + len(yb)
                     bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
@@ -491,6 +497,9 @@ def _add_train_arguments(p):
     training.add_argument("--seed", type=nonnegative_int, default=0, metavar="N",
                           help="seed of the initial weights and the minibatch order (default: "
                                "%(default)s); the data splits are fixed")
+    training.add_argument("--distributed", action="store_true",
+                          help="data-parallel over MPI, run as 'mpiexec -n K fastbp train ... "
+                               "--distributed' (needs fastbp[mpi]); --batch-size is global")
     output = p.add_argument_group("output")
     output.add_argument("--save", metavar="PATH",
                         help="write the trained model (parameters + architecture) as .npz")
@@ -499,7 +508,13 @@ def _add_train_arguments(p):
     add_runtime_arguments(p)
 
 
-def _run_train(args):
+def _run_train(args, parallel=None):
+    if args.distributed and parallel is None:  # every rank runs this; see fastbp.distributed
+        try:
+            from .distributed import train_command
+        except ImportError as e:
+            raise CommandError(f"--distributed: {e}") from None
+        return train_command(args, _run_train, brief=(CommandError,))
     if args.plot:
         _matplotlib_figure()
         _check_writable(args.plot, "--plot")
@@ -514,6 +529,7 @@ def _run_train(args):
     model = nn.MLP([ds.n_features, *args.hidden, ds.n_classes], activation=args.activation,
                    loss=args.loss, dtype=dtype, rng=rng)
     optimizer = factory(lr)
+    loop = parallel(model, optimizer) if parallel else {}  # fit's step / batches hooks
     arch = architecture(model)
     config = (f"{args.optimizer} lr={lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
               f"seed {args.seed}")
@@ -524,7 +540,7 @@ def _run_train(args):
     print(f"model: {_describe(arch)} | {config}", flush=True)
     print(_table_header(), flush=True)
     history = fit(model, ds, optimizer, args.epochs, args.batch_size, rng,
-                  on_epoch=lambda s: print(_table_row(s), flush=True))
+                  on_epoch=lambda s: print(_table_row(s), flush=True), **loop)
     test_loss, test_acc = model.evaluate(ds.X_test, ds.y_test)
     n_test = len(ds.y_test)
     seconds = sum(s.seconds for s in history)
