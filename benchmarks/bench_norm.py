@@ -83,9 +83,25 @@ def _torch_step(torch, sizes, norm, x, y):
     return step
 
 
-@pytest.mark.parametrize("norm", [None, "batch"], ids=["plain", "batchnorm"])
-def bench_mlp_step_with_and_without_batchnorm(benchmark, impl, rng, norm):
+#: variant -> (norm, force the unfused path): "plain-unfused" splits batch norm's cost into what
+#: losing the fused path costs and what the normalization itself costs
+STEP_VARIANTS = {"plain": (None, False), "plain-unfused": (None, True),
+                 "batchnorm": ("batch", False)}
+
+
+def _unfused_step(model, x, y, loss, opt):
+    value = loss.forward(model.forward(x), y)
+    model.backward(loss.backward())
+    opt.step(model.params, model.grads)
+    return value
+
+
+@pytest.mark.parametrize("variant", STEP_VARIANTS)
+def bench_mlp_step_with_and_without_batchnorm(benchmark, impl, rng, variant):
     benchmark.group = f"step {'-'.join(map(str, STEP_SIZES))} batch {STEP_BATCH} float32"
+    norm, unfused = STEP_VARIANTS[variant]
+    if unfused and impl in ("numpy", "torch"):
+        pytest.skip("the unfused row is fastbp's own decomposition")
     x = rng.standard_normal((STEP_BATCH, STEP_SIZES[0]), dtype=np.float32)
     y = rng.integers(0, STEP_SIZES[-1], STEP_BATCH)
     if impl == "torch":
@@ -95,8 +111,11 @@ def bench_mlp_step_with_and_without_batchnorm(benchmark, impl, rng, norm):
     else:
         model = nn.MLP(list(STEP_SIZES), norm=norm, rng=0)
         loss, opt = nn.SoftmaxCrossEntropy(), optim.SGD(lr=0.01, momentum=0.9)
+        assert (model._fusion_plan() is None) == (norm is not None)
 
         def step():
+            if unfused:
+                return _unfused_step(model, x, y, loss, opt)
             return model.train_step(x, y, loss, opt)
 
     benchmark(step)

@@ -15,21 +15,27 @@ a. Layout and entry: x, out, dout, dx are 1-D C-contiguous ndarrays holding an (
    argument), then checks D >= 1, N * D == len(x), eps >= 0, momentum in [0, 1] and
    n_threads >= 1, all before the GIL is released and before anything is written.
 b. Who allocates: nobody.  Every output is passed in and overwritten; the running statistics
-   of batch norm are read and written in place.  Scratch is on the stack: COLS doubles per
-   accumulator in a column block.  ``out`` may be ``x`` and ``dx`` may be ``x`` or ``dout``
-   (in place): every element is read for the last time before it is written (layer norm's
-   backward reduces dgamma / dbeta before its dx pass for that reason).
+   of batch norm are read and written in place.  Scratch is on the stack: a few per-column
+   double accumulators per column block (at most MAX_COLS wide: 8 KiB each).  ``out`` may be ``x`` and
+   ``dx`` may be ``x`` or ``dout`` (in place): every element is read for the last time before
+   it is written (layer norm's backward reduces dgamma / dbeta before its dx pass for that
+   reason).
 c. Threads, and why results do not depend on them: every reduced value has exactly ONE owner
    that sums its terms in a fixed order.
-   - Batch norm is parallel over column blocks of COLS features: a block's thread walks all N
-     rows in order, adding row i's COLS contiguous values to COLS per-column double
-     accumulators (contiguous, so the inner loop vectorises over columns), then normalises the
-     block.  A column's sums are the same whatever thread owns it.
+   - Batch norm is parallel over column blocks: a block's thread walks all N rows in order,
+     adding row i's contiguous values to per-column double accumulators, then normalises the
+     block.  A column's sums do not depend on which block holds it, so the block width is free
+     to follow the thread count: D / n_threads rounded up to whole vectors, at most MAX_COLS.
+     Wide blocks matter: with 64-column blocks each pass over an (8192, 1024) float32 batch
+     touched every 4 KiB row (page) 16 times, and batch-norm forward + backward took 377 ms on
+     one thread; with whole-row blocks it took 71 ms (measured here, a loaded 2-core machine).
    - Layer norm is parallel over rows: a row's thread sums it in LANES fixed lanes (element j
      into lane j % LANES, folded in a fixed tree), so the loop has independent adds to
      pipeline without reassociation (no -ffast-math).  Its dgamma / dbeta (sums over rows) run
-     as a second region, parallel over column blocks as in batch norm, each column summed over
-     rows in order.
+     as a second region, over column blocks as in batch norm, each column summed in row order.
+   - The leaf loops are ``cloned_void`` (csrc/fastbp_math.h): built for AVX-512, AVX2 and the
+     baseline, one picked at load time.  Vectorising over independent columns or fixed lanes
+     reorders no sum and the build has no FMA contraction, so every clone gives the same bits.
    One thread runs plain loops (entering a parallel region costs ~0.8 us even for one thread);
    more never exceed the number of tasks.  So outputs are bitwise identical for every
    n_threads, run to run.
@@ -50,10 +56,12 @@ d. Numerics:
      fastbp.nn.BatchNorm1d passes 1 - its PyTorch momentum).  With ``unbiased`` the variance
      fed to running_var is var * N / (N - 1) (PyTorch); normalisation always uses the biased
      one.  eps = 0 with a constant feature gives inv_std = inf, as the formula says.
-e. Not done: non-contiguous buffers, spatial (N, C, H, W) batch norm, group norm, per-ISA
-   clones of the loops, fusion with the preceding GEMM's epilogue, a backward for test mode
-   (the Python layers refuse it).  Choosing n_threads (serial for small work) is the caller's
-   policy (fastbp._config.threads_for).
+e. Not done: non-contiguous buffers, spatial (N, C, H, W) batch norm, group norm, fusion with
+   the preceding GEMM's epilogue or with the fused training step, a one-read statistics pass
+   (per-chunk two-pass statistics merged with Chan's formula would save one of batch norm
+   forward's three reads), a backward for test mode (the Python layers refuse it).  Batch norm
+   with at most COL_ALIGN features is one block, so one thread.  Choosing n_threads (serial
+   for small work) is the caller's policy (fastbp._config.threads_for).
 """
 cimport numpy as cnp
 from cython cimport floating
@@ -61,6 +69,7 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 
 from ._arrays cimport array_data, float_type, length
+from ._math cimport cloned_void
 
 cnp.import_array()
 
@@ -73,46 +82,146 @@ __all__ = [
 ]
 
 cdef enum:
-    COLS = 64   # features per column block (batch norm; layer norm's dgamma/dbeta pass)
-    LANES = 8   # independent partial sums per row (layer norm)
+    MAX_COLS = 1024  # widest column block: its per-column accumulators live on the stack
+    COL_ALIGN = 16   # column-block widths are multiples of this (whole SIMD vectors)
+    LANES = 8        # independent partial sums per row (layer norm)
 
 
 # ---------------------------------------------------------------------------------------------
-# Column blocks: features [j0, j0 + w) of an (n, d) matrix, every row, in row order (design c)
+# Column loops (batch norm; layer norm's dgamma / dbeta): columns [0, w) of an (n, d) row-major
+# matrix whose pointers the caller has moved to the block's first column.  Each column is summed
+# over the rows in order, and the inner loop runs over contiguous columns (independent sums), so
+# it vectorises without reordering any sum.  cloned_void: built per ISA (design c).
 
-cdef inline Py_ssize_t _n_blocks(Py_ssize_t d) noexcept nogil:
-    return (d + COLS - 1) // COLS
-
-
-cdef inline Py_ssize_t _block_width(Py_ssize_t d, Py_ssize_t blk) noexcept nogil:
-    return min(<Py_ssize_t>COLS, d - blk * COLS)
-
-
-cdef void _bn_train_block(const floating *x, const floating *gamma, const floating *beta,
-                          floating *out, double *mean, double *inv_std, floating *run_mean,
-                          floating *run_var, Py_ssize_t n, Py_ssize_t d, Py_ssize_t blk,
-                          double eps, double momentum, double var_scale) noexcept nogil:
-    """Batch statistics, running averages and the normalised output of one column block."""
-    cdef Py_ssize_t j0 = blk * COLS, w = _block_width(d, blk), i, j
-    cdef double acc[COLS]
-    cdef double mu[COLS]
-    cdef double scale[COLS]
-    cdef double t, var
+cdef cloned_void _sum_cols(const floating *x, Py_ssize_t n, Py_ssize_t d, Py_ssize_t w,
+                           double *acc) noexcept nogil:
+    """acc[j] := sum_i x[i, j]."""
+    cdef Py_ssize_t i, j
     cdef const floating *row
     for j in range(w):
         acc[j] = 0
     for i in range(n):
-        row = x + i * d + j0
+        row = x + i * d
         for j in range(w):
             acc[j] += row[j]
+
+
+cdef cloned_void _sqdev_cols(const floating *x, Py_ssize_t n, Py_ssize_t d, Py_ssize_t w,
+                             const double *mu, double *acc) noexcept nogil:
+    """acc[j] := sum_i (x[i, j] - mu[j])**2 (the second pass of a two-pass variance)."""
+    cdef Py_ssize_t i, j
+    cdef const floating *row
+    cdef double t
     for j in range(w):
-        mu[j] = acc[j] / n
         acc[j] = 0
     for i in range(n):
-        row = x + i * d + j0
+        row = x + i * d
         for j in range(w):
             t = row[j] - mu[j]
             acc[j] += t * t
+
+
+cdef cloned_void _affine_cols(const floating *x, floating *out, Py_ssize_t n, Py_ssize_t d,
+                              Py_ssize_t w, const double *mu, const double *scale,
+                              const floating *beta) noexcept nogil:
+    """out[i, j] := (x[i, j] - mu[j]) * scale[j] + beta[j], in double, rounded once."""
+    cdef Py_ssize_t i, j
+    cdef const floating *row
+    cdef floating *orow
+    for i in range(n):
+        row = x + i * d
+        orow = out + i * d
+        for j in range(w):
+            orow[j] = <floating>((row[j] - mu[j]) * scale[j] + beta[j])
+
+
+cdef cloned_void _grad_sums_cols(const floating *dout, const floating *x, Py_ssize_t n,
+                                 Py_ssize_t d, Py_ssize_t w, const double *mu, const double *inv,
+                                 double *sum_g, double *sum_gx) noexcept nogil:
+    """sum_g[j] := sum_i dout[i, j];  sum_gx[j] := sum_i dout[i, j] * x_hat[i, j] with the
+    column statistics x_hat = (x - mu[j]) * inv[j] (batch norm)."""
+    cdef Py_ssize_t i, j
+    cdef const floating *row
+    cdef const floating *grow
+    for j in range(w):
+        sum_g[j] = 0
+        sum_gx[j] = 0
+    for i in range(n):
+        row = x + i * d
+        grow = dout + i * d
+        for j in range(w):
+            sum_g[j] += grow[j]
+            sum_gx[j] += grow[j] * ((row[j] - mu[j]) * inv[j])
+
+
+cdef cloned_void _grad_sums_cols_row_stats(const floating *dout, const floating *x,
+                                           Py_ssize_t n, Py_ssize_t d, Py_ssize_t w,
+                                           const double *mean, const double *inv_std,
+                                           double *sum_g, double *sum_gx) noexcept nogil:
+    """As _grad_sums_cols, with the row statistics x_hat = (x - mean[i]) * inv_std[i] (layer
+    norm)."""
+    cdef Py_ssize_t i, j
+    cdef const floating *row
+    cdef const floating *grow
+    cdef double mu, inv
+    for j in range(w):
+        sum_g[j] = 0
+        sum_gx[j] = 0
+    for i in range(n):
+        row = x + i * d
+        grow = dout + i * d
+        mu = mean[i]
+        inv = inv_std[i]
+        for j in range(w):
+            sum_g[j] += grow[j]
+            sum_gx[j] += grow[j] * ((row[j] - mu) * inv)
+
+
+cdef cloned_void _bn_dx_cols(const floating *dout, const floating *x, floating *dx,
+                             Py_ssize_t n, Py_ssize_t d, Py_ssize_t w, const double *mu,
+                             const double *inv, const double *k, const double *mean_g,
+                             const double *mean_gx) noexcept nogil:
+    """dx[i, j] := k[j] * (dout - mean_g[j] - x_hat * mean_gx[j]), x_hat from the columns."""
+    cdef Py_ssize_t i, j
+    cdef const floating *row
+    cdef const floating *grow
+    cdef floating *drow
+    for i in range(n):
+        row = x + i * d
+        grow = dout + i * d
+        drow = dx + i * d
+        for j in range(w):
+            drow[j] = <floating>(k[j] * (grow[j] - mean_g[j]
+                                         - ((row[j] - mu[j]) * inv[j]) * mean_gx[j]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Column blocks: block `blk` of width `width` covers features [blk * width, + w) (design c)
+
+cdef inline Py_ssize_t _block_width(Py_ssize_t d, int n_threads) noexcept nogil:
+    """Columns per block: D shared out over the threads in whole vectors, at most MAX_COLS.
+    Wide blocks stream each row's cache lines and pages once per pass; the width changes no
+    column's sums, so results do not depend on it."""
+    cdef Py_ssize_t w = (d + n_threads - 1) // n_threads
+    w = (w + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN
+    return min(w, <Py_ssize_t>MAX_COLS)
+
+
+cdef void _bn_train_block(const floating *x, const floating *gamma, const floating *beta,
+                          floating *out, double *mean, double *inv_std, floating *run_mean,
+                          floating *run_var, Py_ssize_t n, Py_ssize_t d, Py_ssize_t j0,
+                          Py_ssize_t width, double eps, double momentum,
+                          double var_scale) noexcept nogil:
+    """Batch statistics, running averages and the normalised output of one column block."""
+    cdef Py_ssize_t w = min(width, d - j0), j
+    cdef double acc[MAX_COLS]
+    cdef double mu[MAX_COLS]
+    cdef double scale[MAX_COLS]
+    cdef double var
+    _sum_cols(x + j0, n, d, w, acc)
+    for j in range(w):
+        mu[j] = acc[j] / n
+    _sqdev_cols(x + j0, n, d, w, mu, acc)
     for j in range(w):
         var = acc[j] / n
         mean[j0 + j] = mu[j]
@@ -121,108 +230,54 @@ cdef void _bn_train_block(const floating *x, const floating *gamma, const floati
         run_mean[j0 + j] = <floating>(momentum * run_mean[j0 + j] + (1.0 - momentum) * mu[j])
         run_var[j0 + j] = <floating>(momentum * run_var[j0 + j]
                                      + (1.0 - momentum) * (var * var_scale))
-    _affine_block(x, beta, out, n, d, j0, w, mu, scale)
+    _affine_cols(x + j0, out + j0, n, d, w, mu, scale, beta + j0)
 
 
 cdef void _bn_test_block(const floating *x, const floating *gamma, const floating *beta,
                          const floating *run_mean, const floating *run_var, floating *out,
-                         Py_ssize_t n, Py_ssize_t d, Py_ssize_t blk, double eps) noexcept nogil:
+                         Py_ssize_t n, Py_ssize_t d, Py_ssize_t j0, Py_ssize_t width,
+                         double eps) noexcept nogil:
     """out = (x - running_mean) * gamma / sqrt(running_var + eps) + beta on one column block."""
-    cdef Py_ssize_t j0 = blk * COLS, w = _block_width(d, blk), j
-    cdef double mu[COLS]
-    cdef double scale[COLS]
+    cdef Py_ssize_t w = min(width, d - j0), j
+    cdef double mu[MAX_COLS]
+    cdef double scale[MAX_COLS]
     for j in range(w):
         mu[j] = run_mean[j0 + j]
         scale[j] = gamma[j0 + j] / sqrt(<double>run_var[j0 + j] + eps)
-    _affine_block(x, beta, out, n, d, j0, w, mu, scale)
-
-
-cdef inline void _affine_block(const floating *x, const floating *beta, floating *out,
-                               Py_ssize_t n, Py_ssize_t d, Py_ssize_t j0, Py_ssize_t w,
-                               const double *mu, const double *scale) noexcept nogil:
-    """out[i, j0 + j] = (x[i, j0 + j] - mu[j]) * scale[j] + beta[j0 + j], in double."""
-    cdef Py_ssize_t i, j
-    cdef const floating *row
-    cdef floating *orow
-    for i in range(n):
-        row = x + i * d + j0
-        orow = out + i * d + j0
-        for j in range(w):
-            orow[j] = <floating>((row[j] - mu[j]) * scale[j] + beta[j0 + j])
-
-
-cdef void _param_grads_block(const floating *dout, const floating *x, const double *mean,
-                             const double *inv_std, bint per_row, floating *dgamma,
-                             floating *dbeta, Py_ssize_t n, Py_ssize_t d, Py_ssize_t blk,
-                             double *sum_g, double *sum_gx) noexcept nogil:
-    """dbeta = sum_i dout, dgamma = sum_i dout * x_hat over one column block; x_hat uses the
-    statistics of the column (batch norm) or of the row (layer norm, per_row).  The column
-    sums are also left in sum_g / sum_gx (length COLS) for batch norm's dx pass."""
-    cdef Py_ssize_t j0 = blk * COLS, w = _block_width(d, blk), i, j
-    cdef double mu[COLS]
-    cdef double inv[COLS]
-    cdef double g
-    cdef const floating *row
-    cdef const floating *grow
-    for j in range(w):
-        sum_g[j] = 0
-        sum_gx[j] = 0
-        if not per_row:
-            mu[j] = mean[j0 + j]
-            inv[j] = inv_std[j0 + j]
-    for i in range(n):
-        row = x + i * d + j0
-        grow = dout + i * d + j0
-        if per_row:  # one row's statistics for the whole block (decided per row, not per element)
-            for j in range(w):
-                mu[j] = mean[i]
-                inv[j] = inv_std[i]
-        for j in range(w):
-            g = grow[j]
-            sum_g[j] += g
-            sum_gx[j] += g * ((row[j] - mu[j]) * inv[j])
-    for j in range(w):
-        dbeta[j0 + j] = <floating>sum_g[j]
-        dgamma[j0 + j] = <floating>sum_gx[j]
+    _affine_cols(x + j0, out + j0, n, d, w, mu, scale, beta + j0)
 
 
 cdef void _bn_backward_block(const floating *dout, const floating *x, const floating *gamma,
                              const double *mean, const double *inv_std, floating *dx,
                              floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t d,
-                             Py_ssize_t blk) noexcept nogil:
+                             Py_ssize_t j0, Py_ssize_t width) noexcept nogil:
     """dgamma, dbeta and dx = k * (g - mean(g) - x_hat * mean(g x_hat)) on one column block."""
-    cdef Py_ssize_t j0 = blk * COLS, w = _block_width(d, blk), i, j
-    cdef double sum_g[COLS]
-    cdef double sum_gx[COLS]
-    cdef double mu[COLS]
-    cdef double inv[COLS]
-    cdef double k[COLS]
-    cdef const floating *row
-    cdef const floating *grow
-    cdef floating *drow
-    _param_grads_block(dout, x, mean, inv_std, False, dgamma, dbeta, n, d, blk, sum_g, sum_gx)
+    cdef Py_ssize_t w = min(width, d - j0), j
+    cdef double sum_g[MAX_COLS]
+    cdef double sum_gx[MAX_COLS]
+    cdef double k[MAX_COLS]
+    _grad_sums_cols(dout + j0, x + j0, n, d, w, mean + j0, inv_std + j0, sum_g, sum_gx)
     for j in range(w):
-        mu[j] = mean[j0 + j]
-        inv[j] = inv_std[j0 + j]
-        k[j] = gamma[j0 + j] * inv[j]
+        dbeta[j0 + j] = <floating>sum_g[j]
+        dgamma[j0 + j] = <floating>sum_gx[j]
+        k[j] = gamma[j0 + j] * inv_std[j0 + j]
         sum_g[j] /= n
         sum_gx[j] /= n
-    for i in range(n):
-        row = x + i * d + j0
-        grow = dout + i * d + j0
-        drow = dx + i * d + j0
-        for j in range(w):
-            drow[j] = <floating>(k[j] * (grow[j] - sum_g[j]
-                                         - ((row[j] - mu[j]) * inv[j]) * sum_gx[j]))
+    _bn_dx_cols(dout + j0, x + j0, dx + j0, n, d, w, mean + j0, inv_std + j0, k, sum_g, sum_gx)
 
 
-cdef void _param_grads(const floating *dout, const floating *x, const double *mean,
-                       const double *inv_std, floating *dgamma, floating *dbeta, Py_ssize_t n,
-                       Py_ssize_t d, Py_ssize_t blk) noexcept nogil:
-    """Layer norm's dgamma / dbeta on one column block (its own stack scratch)."""
-    cdef double sum_g[COLS]
-    cdef double sum_gx[COLS]
-    _param_grads_block(dout, x, mean, inv_std, True, dgamma, dbeta, n, d, blk, sum_g, sum_gx)
+cdef void _ln_param_grads_block(const floating *dout, const floating *x, const double *mean,
+                                const double *inv_std, floating *dgamma, floating *dbeta,
+                                Py_ssize_t n, Py_ssize_t d, Py_ssize_t j0,
+                                Py_ssize_t width) noexcept nogil:
+    """Layer norm's dgamma = sum_i dout * x_hat and dbeta = sum_i dout on one column block."""
+    cdef Py_ssize_t w = min(width, d - j0), j
+    cdef double sum_g[MAX_COLS]
+    cdef double sum_gx[MAX_COLS]
+    _grad_sums_cols_row_stats(dout + j0, x + j0, n, d, w, mean, inv_std, sum_g, sum_gx)
+    for j in range(w):
+        dbeta[j0 + j] = <floating>sum_g[j]
+        dgamma[j0 + j] = <floating>sum_gx[j]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,9 +321,10 @@ cdef inline double _row_var(const floating *x, Py_ssize_t d, double mu) noexcept
     return _fold(acc) / d
 
 
-cdef void _ln_forward_row(const floating *x, const floating *gamma, const floating *beta,
-                          floating *out, double *mean, double *inv_std, Py_ssize_t d,
-                          Py_ssize_t i, double eps) noexcept nogil:
+cdef cloned_void _ln_forward_row(const floating *x, const floating *gamma,
+                                 const floating *beta, floating *out, double *mean,
+                                 double *inv_std, Py_ssize_t d, Py_ssize_t i,
+                                 double eps) noexcept nogil:
     x += i * d
     out += i * d
     cdef double mu = _row_mean(x, d)
@@ -280,9 +336,10 @@ cdef void _ln_forward_row(const floating *x, const floating *gamma, const floati
         out[j] = <floating>(((x[j] - mu) * inv) * gamma[j] + beta[j])
 
 
-cdef void _ln_backward_row(const floating *dout, const floating *x, const floating *gamma,
-                           const double *mean, const double *inv_std, floating *dx,
-                           Py_ssize_t d, Py_ssize_t i) noexcept nogil:
+cdef cloned_void _ln_backward_row(const floating *dout, const floating *x,
+                                  const floating *gamma, const double *mean,
+                                  const double *inv_std, floating *dx, Py_ssize_t d,
+                                  Py_ssize_t i) noexcept nogil:
     """dx = inv * (g - mean(g) - x_hat * mean(g x_hat)) with g = dout * gamma, over one row."""
     dout += i * d
     x += i * d
@@ -316,55 +373,55 @@ cdef void _bn_train(const floating *x, const floating *gamma, const floating *be
                     floating *out, double *mean, double *inv_std, floating *run_mean,
                     floating *run_var, Py_ssize_t n, Py_ssize_t d, double eps, double momentum,
                     double var_scale, int n_threads) noexcept nogil:
-    cdef Py_ssize_t blk, nb = _n_blocks(d)
-    cdef int threads = <int>min(<Py_ssize_t>n_threads, nb)
-    if threads <= 1:
+    cdef Py_ssize_t blk, width = _block_width(d, n_threads), nb = (d + width - 1) // width
+    if n_threads <= 1 or nb == 1:
         for blk in range(nb):
-            _bn_train_block(x, gamma, beta, out, mean, inv_std, run_mean, run_var, n, d, blk,
-                            eps, momentum, var_scale)
+            _bn_train_block(x, gamma, beta, out, mean, inv_std, run_mean, run_var, n, d,
+                            blk * width, width, eps, momentum, var_scale)
     else:
-        for blk in prange(nb, schedule="static", num_threads=threads):
-            _bn_train_block(x, gamma, beta, out, mean, inv_std, run_mean, run_var, n, d, blk,
-                            eps, momentum, var_scale)
+        for blk in prange(nb, schedule="static", num_threads=min(<Py_ssize_t>n_threads, nb)):
+            _bn_train_block(x, gamma, beta, out, mean, inv_std, run_mean, run_var, n, d,
+                            blk * width, width, eps, momentum, var_scale)
 
 
 cdef void _bn_test(const floating *x, const floating *gamma, const floating *beta,
                    const floating *run_mean, const floating *run_var, floating *out,
                    Py_ssize_t n, Py_ssize_t d, double eps, int n_threads) noexcept nogil:
-    cdef Py_ssize_t blk, nb = _n_blocks(d)
-    cdef int threads = <int>min(<Py_ssize_t>n_threads, nb)
-    if threads <= 1:
+    cdef Py_ssize_t blk, width = _block_width(d, n_threads), nb = (d + width - 1) // width
+    if n_threads <= 1 or nb == 1:
         for blk in range(nb):
-            _bn_test_block(x, gamma, beta, run_mean, run_var, out, n, d, blk, eps)
+            _bn_test_block(x, gamma, beta, run_mean, run_var, out, n, d, blk * width, width,
+                           eps)
     else:
-        for blk in prange(nb, schedule="static", num_threads=threads):
-            _bn_test_block(x, gamma, beta, run_mean, run_var, out, n, d, blk, eps)
+        for blk in prange(nb, schedule="static", num_threads=min(<Py_ssize_t>n_threads, nb)):
+            _bn_test_block(x, gamma, beta, run_mean, run_var, out, n, d, blk * width, width,
+                           eps)
 
 
 cdef void _bn_backward(const floating *dout, const floating *x, const floating *gamma,
                        const double *mean, const double *inv_std, floating *dx,
                        floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t d,
                        int n_threads) noexcept nogil:
-    cdef Py_ssize_t blk, nb = _n_blocks(d)
-    cdef int threads = <int>min(<Py_ssize_t>n_threads, nb)
-    if threads <= 1:
+    cdef Py_ssize_t blk, width = _block_width(d, n_threads), nb = (d + width - 1) // width
+    if n_threads <= 1 or nb == 1:
         for blk in range(nb):
-            _bn_backward_block(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, n, d, blk)
+            _bn_backward_block(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, n, d,
+                               blk * width, width)
     else:
-        for blk in prange(nb, schedule="static", num_threads=threads):
-            _bn_backward_block(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, n, d, blk)
+        for blk in prange(nb, schedule="static", num_threads=min(<Py_ssize_t>n_threads, nb)):
+            _bn_backward_block(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, n, d,
+                               blk * width, width)
 
 
 cdef void _ln_forward(const floating *x, const floating *gamma, const floating *beta,
                       floating *out, double *mean, double *inv_std, Py_ssize_t n, Py_ssize_t d,
                       double eps, int n_threads) noexcept nogil:
     cdef Py_ssize_t i
-    cdef int threads = <int>min(<Py_ssize_t>n_threads, n)
-    if threads <= 1:
+    if n_threads <= 1 or n == 1:
         for i in range(n):
             _ln_forward_row(x, gamma, beta, out, mean, inv_std, d, i, eps)
     else:
-        for i in prange(n, schedule="static", num_threads=threads):
+        for i in prange(n, schedule="static", num_threads=min(<Py_ssize_t>n_threads, n)):
             _ln_forward_row(x, gamma, beta, out, mean, inv_std, d, i, eps)
 
 
@@ -372,20 +429,21 @@ cdef void _ln_backward(const floating *dout, const floating *x, const floating *
                        const double *mean, const double *inv_std, floating *dx,
                        floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t d,
                        int n_threads) noexcept nogil:
-    cdef Py_ssize_t i, blk, nb = _n_blocks(d)
-    cdef int row_threads = <int>min(<Py_ssize_t>n_threads, n)
-    cdef int col_threads = <int>min(<Py_ssize_t>n_threads, nb)
-    if col_threads <= 1:  # first: it reads every row, which the dx pass may overwrite
+    cdef Py_ssize_t i, blk, width = _block_width(d, n_threads), nb = (d + width - 1) // width
+    # dgamma / dbeta first: they read every row, which the dx pass may overwrite (in place)
+    if n_threads <= 1 or nb == 1:
         for blk in range(nb):
-            _param_grads(dout, x, mean, inv_std, dgamma, dbeta, n, d, blk)
+            _ln_param_grads_block(dout, x, mean, inv_std, dgamma, dbeta, n, d, blk * width,
+                                  width)
     else:
-        for blk in prange(nb, schedule="static", num_threads=col_threads):
-            _param_grads(dout, x, mean, inv_std, dgamma, dbeta, n, d, blk)
-    if row_threads <= 1:
+        for blk in prange(nb, schedule="static", num_threads=min(<Py_ssize_t>n_threads, nb)):
+            _ln_param_grads_block(dout, x, mean, inv_std, dgamma, dbeta, n, d, blk * width,
+                                  width)
+    if n_threads <= 1 or n == 1:
         for i in range(n):
             _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i)
     else:
-        for i in prange(n, schedule="static", num_threads=row_threads):
+        for i in prange(n, schedule="static", num_threads=min(<Py_ssize_t>n_threads, n)):
             _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i)
 
 
@@ -475,26 +533,49 @@ def batchnorm_forward_test(x, gamma, beta, running_mean, running_var, out, doubl
                      n_threads)
 
 
-cdef int _backward_args(str k, object dout, object x, object gamma, object mean,
-                        object inv_std, object dx, object dgamma, object dbeta, bint per_row,
-                        int n_threads, char **p) except -1:
-    """Check the eight arrays of a backward (statistics per row or per feature) into p[0..7];
-    returns the dtype."""
+cdef void _backward_rows_or_features(bint per_row, const floating *dout, const floating *x,
+                                     const floating *gamma, const double *mean,
+                                     const double *inv_std, floating *dx, floating *dgamma,
+                                     floating *dbeta, Py_ssize_t n, Py_ssize_t d,
+                                     int n_threads) noexcept nogil:
+    if per_row:
+        _ln_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, n, d, n_threads)
+    else:
+        _bn_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, n, d, n_threads)
+
+
+cdef int _backward(str k, bint per_row, object dout, object x, object gamma, object mean,
+                   object inv_std, object dx, object dgamma, object dbeta,
+                   int n_threads) except -1:
+    """Check the arrays of a backward (statistics per row for layer norm, per feature for batch
+    norm), then run it."""
     cdef int t = float_type(dout, k, "dout")
-    p[0] = array_data(dout, k, "dout", t, False, -1, None)
-    p[2] = array_data(gamma, k, "gamma", t, False, -1, None)
+    cdef const char *pg = array_data(dout, k, "dout", t, False, -1, None)
+    cdef const char *pw = array_data(gamma, k, "gamma", t, False, -1, None)
     cdef Py_ssize_t d = length(gamma)
     cdef Py_ssize_t n = _rows(k, dout, "dout", d)
     cdef Py_ssize_t n_stats = n if per_row else d
     cdef str stats_by = "the rows of dout" if per_row else "gamma"
-    p[1] = array_data(x, k, "x", t, False, n * d, "dout")
-    p[3] = array_data(mean, k, "mean", cnp.NPY_FLOAT64, False, n_stats, stats_by)
-    p[4] = array_data(inv_std, k, "inv_std", cnp.NPY_FLOAT64, False, n_stats, stats_by)
-    p[5] = array_data(dx, k, "dx", t, True, n * d, "dout")
-    p[6] = array_data(dgamma, k, "dgamma", t, True, d, "gamma")
-    p[7] = array_data(dbeta, k, "dbeta", t, True, d, "gamma")
+    cdef const char *px = array_data(x, k, "x", t, False, n * d, "dout")
+    cdef const char *pm = array_data(mean, k, "mean", cnp.NPY_FLOAT64, False, n_stats, stats_by)
+    cdef const char *pi = array_data(inv_std, k, "inv_std", cnp.NPY_FLOAT64, False, n_stats,
+                                     stats_by)
+    cdef char *pdx = array_data(dx, k, "dx", t, True, n * d, "dout")
+    cdef char *pdg = array_data(dgamma, k, "dgamma", t, True, d, "gamma")
+    cdef char *pdb = array_data(dbeta, k, "dbeta", t, True, d, "gamma")
     _check_scalars(k, 0.0, 0.0, n_threads)
-    return t
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            _backward_rows_or_features(per_row, <const float *>pg, <const float *>px,
+                                       <const float *>pw, <const double *>pm,
+                                       <const double *>pi, <float *>pdx, <float *>pdg,
+                                       <float *>pdb, n, d, n_threads)
+        else:
+            _backward_rows_or_features(per_row, <const double *>pg, <const double *>px,
+                                       <const double *>pw, <const double *>pm,
+                                       <const double *>pi, <double *>pdx, <double *>pdg,
+                                       <double *>pdb, n, d, n_threads)
+    return 0
 
 
 def batchnorm_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, int n_threads=1):
@@ -504,20 +585,8 @@ def batchnorm_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, int n_t
     dbeta := sum_i dout;  dgamma := sum_i dout * x_hat;
     dx := gamma * inv_std * (dout - dbeta / N - x_hat * dgamma / N),  x_hat = (x - mean) * inv_std.
     """
-    cdef char *p[8]
-    k = "batchnorm_backward"
-    cdef int t = _backward_args(k, dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, False,
-                                n_threads, p)
-    cdef Py_ssize_t d = length(gamma), n = length(dout) // d
-    with nogil:
-        if t == cnp.NPY_FLOAT32:
-            _bn_backward(<const float *>p[0], <const float *>p[1], <const float *>p[2],
-                         <const double *>p[3], <const double *>p[4], <float *>p[5],
-                         <float *>p[6], <float *>p[7], n, d, n_threads)
-        else:
-            _bn_backward(<const double *>p[0], <const double *>p[1], <const double *>p[2],
-                         <const double *>p[3], <const double *>p[4], <double *>p[5],
-                         <double *>p[6], <double *>p[7], n, d, n_threads)
+    _backward("batchnorm_backward", False, dout, x, gamma, mean, inv_std, dx, dgamma, dbeta,
+              n_threads)
 
 
 def layernorm_forward(x, gamma, beta, out, mean, inv_std, double eps, int n_threads=1):
@@ -554,17 +623,5 @@ def layernorm_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, int n_t
     dx := inv_std * (g - mean_j g - x_hat * mean_j(g * x_hat));
     dgamma := sum_i dout * x_hat;  dbeta := sum_i dout.
     """
-    cdef char *p[8]
-    k = "layernorm_backward"
-    cdef int t = _backward_args(k, dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, True,
-                                n_threads, p)
-    cdef Py_ssize_t d = length(gamma), n = length(dout) // d
-    with nogil:
-        if t == cnp.NPY_FLOAT32:
-            _ln_backward(<const float *>p[0], <const float *>p[1], <const float *>p[2],
-                         <const double *>p[3], <const double *>p[4], <float *>p[5],
-                         <float *>p[6], <float *>p[7], n, d, n_threads)
-        else:
-            _ln_backward(<const double *>p[0], <const double *>p[1], <const double *>p[2],
-                         <const double *>p[3], <const double *>p[4], <double *>p[5],
-                         <double *>p[6], <double *>p[7], n, d, n_threads)
+    _backward("layernorm_backward", True, dout, x, gamma, mean, inv_std, dx, dgamma, dbeta,
+              n_threads)
