@@ -16,10 +16,10 @@ a. Layout and entry: x, out, dout, dx are 1-D C-contiguous ndarrays holding an (
    n_threads >= 1, all before the GIL is released and before anything is written.
 b. Who allocates: nobody.  Every output is passed in and overwritten; the running statistics
    of batch norm are read and written in place.  Scratch is on the stack: a few per-column
-   double accumulators per column block (at most MAX_COLS wide: 8 KiB each).  ``out`` may be ``x`` and
-   ``dx`` may be ``x`` or ``dout`` (in place): every element is read for the last time before
-   it is written (layer norm's backward reduces dgamma / dbeta before its dx pass for that
-   reason).
+   double accumulators per column block (at most MAX_COLS wide: 8 KiB each).  ``out`` may be
+   ``x`` and ``dx`` may be ``x`` or ``dout`` (in place): every element is read for the last
+   time before it is written (layer norm's backward reduces dgamma / dbeta before its dx pass
+   for that reason).
 c. Threads, and why results do not depend on them: every reduced value has exactly ONE owner
    that sums its terms in a fixed order.
    - Batch norm is parallel over column blocks: a block's thread walks all N rows in order,
@@ -471,6 +471,20 @@ cdef int _check_scalars(str kernel, double eps, double momentum, int n_threads) 
     return 0
 
 
+cdef int _forward_args(str k, object x, object gamma, object beta, object out, char **p,
+                       Py_ssize_t *n, Py_ssize_t *d) except -1:
+    """Check the arrays every forward takes into p[0..3] = x, gamma, beta, out and the shape
+    into n, d; returns the dtype."""
+    cdef int t = float_type(x, k, "x")
+    p[0] = array_data(x, k, "x", t, False, -1, None)
+    p[1] = array_data(gamma, k, "gamma", t, False, -1, None)
+    d[0] = length(gamma)
+    n[0] = _rows(k, x, "x", d[0])
+    p[2] = array_data(beta, k, "beta", t, False, d[0], "gamma")
+    p[3] = array_data(out, k, "out", t, True, n[0] * d[0], "x")
+    return t
+
+
 def batchnorm_forward_train(x, gamma, beta, out, mean, inv_std, running_mean, running_var,
                             double eps, double momentum, bint unbiased, int n_threads=1):
     """Batch norm forward, train mode, over x (N, D) raveled; gamma, beta, running_* (D,).
@@ -482,13 +496,9 @@ def batchnorm_forward_train(x, gamma, beta, out, mean, inv_std, running_mean, ru
     unbiased), eps >= 0, momentum in [0, 1].
     """
     k = "batchnorm_forward_train"
-    cdef int t = float_type(x, k, "x")
-    cdef const char *px = array_data(x, k, "x", t, False, -1, None)
-    cdef const char *pg = array_data(gamma, k, "gamma", t, False, -1, None)
-    cdef Py_ssize_t d = length(gamma)
-    cdef Py_ssize_t n = _rows(k, x, "x", d)
-    cdef const char *pb = array_data(beta, k, "beta", t, False, d, "gamma")
-    cdef char *po = array_data(out, k, "out", t, True, n * d, "x")
+    cdef char *p[4]
+    cdef Py_ssize_t n, d
+    cdef int t = _forward_args(k, x, gamma, beta, out, p, &n, &d)
     cdef char *pm = array_data(mean, k, "mean", cnp.NPY_FLOAT64, True, d, "gamma")
     cdef char *pi = array_data(inv_std, k, "inv_std", cnp.NPY_FLOAT64, True, d, "gamma")
     cdef char *prm = array_data(running_mean, k, "running_mean", t, True, d, "gamma")
@@ -499,13 +509,13 @@ def batchnorm_forward_train(x, gamma, beta, out, mean, inv_std, running_mean, ru
     cdef double var_scale = n / (n - 1.0) if unbiased else 1.0
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            _bn_train(<const float *>px, <const float *>pg, <const float *>pb, <float *>po,
-                      <double *>pm, <double *>pi, <float *>prm, <float *>prv, n, d, eps,
-                      momentum, var_scale, n_threads)
+            _bn_train(<const float *>p[0], <const float *>p[1], <const float *>p[2],
+                      <float *>p[3], <double *>pm, <double *>pi, <float *>prm, <float *>prv,
+                      n, d, eps, momentum, var_scale, n_threads)
         else:
-            _bn_train(<const double *>px, <const double *>pg, <const double *>pb, <double *>po,
-                      <double *>pm, <double *>pi, <double *>prm, <double *>prv, n, d, eps,
-                      momentum, var_scale, n_threads)
+            _bn_train(<const double *>p[0], <const double *>p[1], <const double *>p[2],
+                      <double *>p[3], <double *>pm, <double *>pi, <double *>prm,
+                      <double *>prv, n, d, eps, momentum, var_scale, n_threads)
 
 
 def batchnorm_forward_test(x, gamma, beta, running_mean, running_var, out, double eps,
@@ -513,23 +523,19 @@ def batchnorm_forward_test(x, gamma, beta, running_mean, running_var, out, doubl
     """Batch norm forward, test mode: out := (x - running_mean) / sqrt(running_var + eps)
     * gamma + beta, over x (N, D) raveled; gamma, beta, running_* (D,).  eps >= 0."""
     k = "batchnorm_forward_test"
-    cdef int t = float_type(x, k, "x")
-    cdef const char *px = array_data(x, k, "x", t, False, -1, None)
-    cdef const char *pg = array_data(gamma, k, "gamma", t, False, -1, None)
-    cdef Py_ssize_t d = length(gamma)
-    cdef Py_ssize_t n = _rows(k, x, "x", d)
-    cdef const char *pb = array_data(beta, k, "beta", t, False, d, "gamma")
+    cdef char *p[4]
+    cdef Py_ssize_t n, d
+    cdef int t = _forward_args(k, x, gamma, beta, out, p, &n, &d)
     cdef const char *prm = array_data(running_mean, k, "running_mean", t, False, d, "gamma")
     cdef const char *prv = array_data(running_var, k, "running_var", t, False, d, "gamma")
-    cdef char *po = array_data(out, k, "out", t, True, n * d, "x")
     _check_scalars(k, eps, 0.0, n_threads)
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            _bn_test(<const float *>px, <const float *>pg, <const float *>pb,
-                     <const float *>prm, <const float *>prv, <float *>po, n, d, eps, n_threads)
+            _bn_test(<const float *>p[0], <const float *>p[1], <const float *>p[2],
+                     <const float *>prm, <const float *>prv, <float *>p[3], n, d, eps, n_threads)
         else:
-            _bn_test(<const double *>px, <const double *>pg, <const double *>pb,
-                     <const double *>prm, <const double *>prv, <double *>po, n, d, eps,
+            _bn_test(<const double *>p[0], <const double *>p[1], <const double *>p[2],
+                     <const double *>prm, <const double *>prv, <double *>p[3], n, d, eps,
                      n_threads)
 
 
@@ -596,23 +602,19 @@ def layernorm_forward(x, gamma, beta, out, mean, inv_std, double eps, int n_thre
     (float64 (N,));  out := (x - mean) * inv_std * gamma + beta.  eps >= 0.
     """
     k = "layernorm_forward"
-    cdef int t = float_type(x, k, "x")
-    cdef const char *px = array_data(x, k, "x", t, False, -1, None)
-    cdef const char *pg = array_data(gamma, k, "gamma", t, False, -1, None)
-    cdef Py_ssize_t d = length(gamma)
-    cdef Py_ssize_t n = _rows(k, x, "x", d)
-    cdef const char *pb = array_data(beta, k, "beta", t, False, d, "gamma")
-    cdef char *po = array_data(out, k, "out", t, True, n * d, "x")
+    cdef char *p[4]
+    cdef Py_ssize_t n, d
+    cdef int t = _forward_args(k, x, gamma, beta, out, p, &n, &d)
     cdef char *pm = array_data(mean, k, "mean", cnp.NPY_FLOAT64, True, n, "the rows of x")
     cdef char *pi = array_data(inv_std, k, "inv_std", cnp.NPY_FLOAT64, True, n, "the rows of x")
     _check_scalars(k, eps, 0.0, n_threads)
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            _ln_forward(<const float *>px, <const float *>pg, <const float *>pb, <float *>po,
-                        <double *>pm, <double *>pi, n, d, eps, n_threads)
+            _ln_forward(<const float *>p[0], <const float *>p[1], <const float *>p[2],
+                        <float *>p[3], <double *>pm, <double *>pi, n, d, eps, n_threads)
         else:
-            _ln_forward(<const double *>px, <const double *>pg, <const double *>pb,
-                        <double *>po, <double *>pm, <double *>pi, n, d, eps, n_threads)
+            _ln_forward(<const double *>p[0], <const double *>p[1], <const double *>p[2],
+                        <double *>p[3], <double *>pm, <double *>pi, n, d, eps, n_threads)
 
 
 def layernorm_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, int n_threads=1):
