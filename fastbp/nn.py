@@ -20,7 +20,7 @@ Design
 * Parameter names in a ``Sequential`` are ``"<index>.<name>"`` (``"0.W"``, ``"0.b"``, ...).
 """
 
-import contextlib
+import functools
 import math
 from types import MappingProxyType
 
@@ -481,6 +481,30 @@ LOSSES = {"softmax": SoftmaxCrossEntropy, "svm": MulticlassHinge, "mse": MSELoss
 # ----------------------------------------------------------------------------------- containers
 
 
+def _modules(module):
+    """`module` and everything nested in it (the layers of Sequentials), depth first."""
+    yield module
+    for layer in getattr(module, "layers", ()):
+        yield from _modules(layer)
+
+
+def _inference_mode(method):
+    """Run a Sequential `method` in inference mode (``eval()``: batch norm uses its running
+    statistics), then give the container and every layer back the mode it had."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        modes = [(module, module.training) for module in _modules(self)]
+        self.eval()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+    return run
+
+
 class Sequential(Module):
     """A chain of layers.
 
@@ -527,17 +551,6 @@ class Sequential(Module):
         for layer in self.layers:
             layer.train(mode)
         return super().train(mode)
-
-    @contextlib.contextmanager
-    def _inference(self):
-        """Inference mode inside a ``with`` block, then the previous mode of every layer."""
-        modes = [layer.training for layer in self.layers]
-        self.eval()
-        try:
-            yield
-        finally:
-            for layer, mode in zip(self.layers, modes):
-                layer.train(mode)
 
     @property
     def dtype(self):
@@ -619,23 +632,23 @@ class Sequential(Module):
         for start in range(0, a.shape[0], batch_size):
             yield a[start:start + batch_size]
 
+    @_inference_mode
     def predict_proba(self, x, batch_size=1024):
-        """Softmax probabilities of the outputs, (N, C), computed in batches (inference
-        mode, like :meth:`predict` and :meth:`evaluate`)."""
+        """Softmax probabilities of the outputs, (N, C), computed in batches."""
         chunks = []
-        with self._inference():
-            for xb in self._batches(x, batch_size):
-                z = self.forward(xb)
-                z = np.exp(z - z.max(axis=1, keepdims=True))
-                chunks.append(z / z.sum(axis=1, keepdims=True))
+        for xb in self._batches(x, batch_size):
+            z = self.forward(xb)
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            chunks.append(z / z.sum(axis=1, keepdims=True))
         return np.concatenate(chunks) if chunks else np.empty((0, 0), self.dtype)
 
+    @_inference_mode
     def predict(self, x, batch_size=1024):
         """Predicted class (argmax of the outputs) per row, as int64, computed in batches."""
-        with self._inference():
-            out = [self.forward(xb).argmax(axis=1) for xb in self._batches(x, batch_size)]
+        out = [self.forward(xb).argmax(axis=1) for xb in self._batches(x, batch_size)]
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
+    @_inference_mode
     def evaluate(self, x, y, loss=None, batch_size=1024):
         """``(mean loss, accuracy)`` over (x, y), in batches.
 
@@ -652,13 +665,12 @@ class Sequential(Module):
             raise ValueError("x is empty: nothing to evaluate")
         total, correct = 0.0, 0
         classify = t.ndim == 1 and t.dtype.kind in "iu"
-        with self._inference():
-            for start in range(0, a.shape[0], batch_size):
-                xb, yb = a[start:start + batch_size], t[start:start + batch_size]
-                out = self.forward(xb)
-                total += crit.forward(out, yb) * len(xb)
-                if classify:
-                    correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+        for start in range(0, a.shape[0], batch_size):
+            xb, yb = a[start:start + batch_size], t[start:start + batch_size]
+            out = self.forward(xb)
+            total += crit.forward(out, yb) * len(xb)
+            if classify:
+                correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
         return total / a.shape[0], (correct / a.shape[0] if classify else float("nan"))
 
 
@@ -675,9 +687,6 @@ class MLP(Sequential):
         The criterion used by :meth:`loss` and as the default in ``evaluate``.
     bias, dtype, rng, init :
         As for :class:`Linear` (one generator draws every layer's weights in order).
-    norm : {None, "batch", "layer"}, default None
-        A key of :data:`NORMS`: a :class:`BatchNorm1d` or :class:`LayerNorm` (default eps and
-        momentum) between each hidden ``Linear`` and its activation.
     **activation_kwargs :
         Passed to the activation (``alpha=``, ``approximate=``).
     """

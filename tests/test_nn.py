@@ -410,7 +410,11 @@ def test_train_and_eval_propagate_and_predict_runs_in_eval_mode():
     model.predict(x[:1])  # one row: only possible in eval mode
     model.predict_proba(x)
     model.evaluate(x, gen.integers(0, 3, 10))
-    assert bn.training  # the training flag is restored
+    assert bn.training and model.training  # the training flags are restored
+    outer = nn.Sequential(model)
+    outer.layers[0].layers[2].eval()
+    outer.predict(x)
+    assert [layer.training for layer in model.layers] == [True, True, False, True]
     for k, v in model.buffers.items():
         np.testing.assert_array_equal(v, before[k])  # inference never updates running stats
 
