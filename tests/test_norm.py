@@ -60,8 +60,9 @@ def test_kernels_and_reference_export_the_same_norm_names():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", ODD_SHAPES + ((2, 1), (300, 70)))
+@pytest.mark.parametrize("shape", ODD_SHAPES + ((2, 1), (300, 70), (5, 2100)))
 def test_compiled_matches_reference_and_is_bitwise_equal_for_any_thread_count(dtype, shape):
+    """(5, 2100): more features than one column block holds (MAX_COLS), a partial last one."""
     x, gamma, beta, dout = _problem(*shape, dtype)
     for a in (x, gamma, beta, dout):  # inputs are only read: read-only arrays work
         a.setflags(write=False)
@@ -122,6 +123,15 @@ def test_large_mean_small_spread_keeps_its_digits(dtype, layer):
     np.testing.assert_allclose(dgamma, (dout * x_hat).sum(0), **{k: 10 * v for k, v in tol.items()})
     assert np.abs(out.astype(np.float64) - beta).std() > 0.5  # really normalized, not collapsed
     assert np.isfinite(dx).all()
+
+
+def test_nan_stays_in_its_column_or_row():
+    x, gamma, beta, _ = _problem(6, 40, np.float32)
+    x[2, 33] = np.nan
+    out, _ = batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    assert np.isnan(out[:, 33]).all() and not np.isnan(np.delete(out, 33, axis=1)).any()
+    out, _ = layernorm_forward(x, gamma, beta, {})
+    assert np.isnan(out[2]).all() and not np.isnan(np.delete(out, 2, axis=0)).any()
 
 
 # --------------------------------------------------------------------------------------------
