@@ -382,7 +382,8 @@ def _table_row(stats):
 
 
 def _describe(arch):
-    return (f"{'-'.join(map(str, arch['sizes']))} MLP ({arch['activation']}, "
+    norm = f", {arch['norm']} norm" if arch.get("norm") else ""
+    return (f"{'-'.join(map(str, arch['sizes']))} MLP ({arch['activation']}{norm}, "
             f"{arch['loss']} loss, {arch['dtype']})")
 
 
@@ -482,6 +483,9 @@ def _add_train_arguments(p):
                        help="hidden activation (default: %(default)s)")
     model.add_argument("--loss", choices=("softmax", "svm"), default="softmax",
                        help="softmax cross-entropy or multiclass hinge (default: %(default)s)")
+    model.add_argument("--norm", choices=sorted(nn.NORMS), default=None,
+                       help="batch or layer normalization before each hidden activation "
+                            "(default: none)")
     model.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="parameter and data dtype (default: %(default)s)")
     training = p.add_argument_group("training")
@@ -526,8 +530,13 @@ def _run_train(args, parallel=None):
     factory, default_lr = OPTIMIZERS[args.optimizer]
     lr = default_lr if args.lr is None else args.lr
     rng = np.random.default_rng(args.seed)
+    if args.norm == "batch" and len(ds.y_train) % args.batch_size == 1:
+        raise CommandError(f"--norm batch: the last minibatch of each epoch would hold one "
+                           f"sample ({len(ds.y_train)} training samples, --batch-size "
+                           f"{args.batch_size}), whose batch variance is undefined; choose "
+                           f"another --batch-size")
     model = nn.MLP([ds.n_features, *args.hidden, ds.n_classes], activation=args.activation,
-                   loss=args.loss, dtype=dtype, rng=rng)
+                   loss=args.loss, dtype=dtype, rng=rng, norm=args.norm)
     optimizer = factory(lr)
     loop = parallel(model, optimizer) if parallel else {}  # fit's step / batches hooks
     arch = architecture(model)

@@ -50,8 +50,9 @@ def architecture(model):
     dict
         ``sizes`` (list of int), ``activation`` (a key of ``nn.ACTIVATIONS``),
         ``activation_kwargs`` (the activation's constructor arguments, e.g. ``{"alpha": 0.1}``),
-        ``loss`` (a key of ``nn.LOSSES``), ``bias`` (bool) and ``dtype`` (``"float32"`` or
-        ``"float64"``).
+        ``loss`` (a key of ``nn.LOSSES``), ``bias`` (bool), ``dtype`` (``"float32"`` or
+        ``"float64"``) and ``norm`` (a key of ``nn.NORMS`` or None; files without it load with
+        None).
 
     Raises
     ------
@@ -77,6 +78,7 @@ def architecture(model):
         "loss": loss,
         "bias": "b" in model.layers[0].params,
         "dtype": model.dtype.name,
+        "norm": model.norm,
     }
 
 
@@ -179,7 +181,8 @@ def load_model(path):
     arch = meta["architecture"]
     try:
         model = nn.MLP(arch["sizes"], activation=arch["activation"], loss=arch["loss"],
-                       bias=arch["bias"], dtype=arch["dtype"], **arch["activation_kwargs"])
+                       bias=arch["bias"], dtype=arch["dtype"], norm=arch.get("norm"),
+                       **arch["activation_kwargs"])
         model.load_state_dict(arrays)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: the parameters or metadata do not describe a valid MLP "

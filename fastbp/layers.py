@@ -516,3 +516,258 @@ def dropout_backward(dout, cache):
     if mask is None:
         raise ValueError("cache holds no mask, but its dropout_param says mode 'train'")
     return _backward("dropout_backward", dout, mask, "cache mask")
+
+
+# --------------------------------------------------------------------------------------------
+# normalization: batch norm and layer norm (kernels in fastbp._kernels._norm)
+
+__all__ += [
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "batchnorm_backward_alt",
+    "layernorm_forward",
+    "layernorm_backward",
+]
+
+_BN_MODES = ("train", "test")
+
+
+class NormCache(tuple):
+    """What a normalization forward saved for its backward: ``(layer, x, gamma, mean,
+    inv_std)``, with ``layer`` "batchnorm" or "layernorm" (so a cache from another layer is
+    refused by name), x and gamma as the kernels read them and the float64 statistics."""
+
+    __slots__ = ()
+
+    def __new__(cls, layer, x, gamma, mean, inv_std):
+        return super().__new__(cls, (layer, x, gamma, mean, inv_std))
+
+
+def _norm_param(param, name):
+    """`param` must be a dict (the course's bn_param / ln_param): TypeError otherwise."""
+    if not isinstance(param, dict):
+        raise TypeError(f"{name} must be a dict, got {type(param).__name__}")
+    return param
+
+
+def norm_eps(value, name):
+    """eps as a float >= 0 (ValueError for a negative or non-finite value)."""
+    eps = finite_real(value, name)
+    if eps < 0:
+        raise ValueError(f"{name} must be >= 0, got {eps}")
+    return eps
+
+
+def norm_momentum(value, name):
+    """momentum as a float in [0, 1]."""
+    momentum = finite_real(value, name)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {momentum}")
+    return momentum
+
+
+def _norm_inputs(x, gamma, beta):
+    """x (N, D), gamma and beta (D,) as C-contiguous arrays of their common float dtype."""
+    x, gamma, beta = as_array(x, "x"), as_array(gamma, "gamma"), as_array(beta, "beta")
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (N, D), got shape {x.shape}")
+    d = x.shape[1]
+    if d == 0:
+        raise ValueError("x has no features (D = 0)")
+    require_shape(gamma, "gamma", (d,))
+    require_shape(beta, "beta", (d,))
+    dtype = compute_dtype(x, gamma, beta)
+    return (as_float(x, "x", dtype), as_float(gamma, "gamma", dtype),
+            as_float(beta, "beta", dtype), dtype)
+
+
+def _running(bn_param, key, d, dtype):
+    """A fresh (D,) copy of bn_param[key] in `dtype` (the course rebinds it after the update);
+    zeros when absent (the course starts running_var at 0 too, not at PyTorch's 1)."""
+    if key not in bn_param:
+        return np.zeros(d, dtype)
+    a = as_array(bn_param[key], f"bn_param[{key!r}]")
+    require_shape(a, f"bn_param[{key!r}]", (d,))
+    return np.array(a, dtype=dtype, order="C", copy=True)
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalization forward (the course contract).
+
+    Train mode normalizes each feature with the minibatch mean and biased variance, then
+    scales and shifts: ``out = gamma * (x - mean) / sqrt(var + eps) + beta``, and updates the
+    running averages in `bn_param`: ``running = momentum * running + (1 - momentum) * batch``.
+    Test mode normalizes with the running averages instead.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, D)
+    gamma, beta : array_like, shape (D,)
+        Scale and shift.
+    bn_param : dict
+        ``"mode"``: ``"train"`` or ``"test"`` (required); ``"eps"`` (default 1e-5, >= 0);
+        ``"momentum"`` (default 0.9, in [0, 1]); ``"running_mean"``, ``"running_var"``
+        (shape (D,); created as zeros of x's dtype on first use, as the course does, and
+        replaced by new arrays after every train-mode call).
+
+    Returns
+    -------
+    out : ndarray, shape (N, D)
+        dtype by NumPy promotion of x, gamma and beta.
+    cache : NormCache
+        For :func:`batchnorm_backward` (train mode; a test-mode cache has no statistics).
+
+    Raises
+    ------
+    TypeError
+        If bn_param is not a dict, or for non-numeric arrays or scalars.
+    ValueError
+        For an unknown mode, a missing mode, eps < 0, momentum outside [0, 1], a non-2-D x,
+        gamma / beta / running statistics not of shape (D,), or a train-mode batch of fewer
+        than 2 rows (the batch variance is undefined; PyTorch refuses it too).  Nothing in
+        bn_param is changed then.
+    """
+    _norm_param(bn_param, "bn_param")
+    mode = bn_param.get("mode")
+    if mode not in _BN_MODES:
+        raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
+    eps = norm_eps(bn_param.get("eps", 1e-5), "bn_param['eps']")
+    momentum = norm_momentum(bn_param.get("momentum", 0.9), "bn_param['momentum']")
+    x, gamma, beta, dtype = _norm_inputs(x, gamma, beta)
+    n, d = x.shape
+    running_mean = _running(bn_param, "running_mean", d, dtype)
+    running_var = _running(bn_param, "running_var", d, dtype)
+    out = np.empty((n, d), dtype)
+    if mode == "test":
+        kernels().batchnorm_forward_test(x.ravel(), gamma, beta, running_mean, running_var,
+                                         out.ravel(), eps, threads_for(n * d))
+        bn_param.setdefault("running_mean", running_mean)
+        bn_param.setdefault("running_var", running_var)
+        return out, NormCache("batchnorm-test", x, gamma, None, None)
+    if n < 2:
+        raise ValueError(f"batch norm in train mode needs at least 2 rows (the variance of one "
+                         f"sample is undefined), got x of shape {x.shape}")
+    mean, inv_std = np.empty(d), np.empty(d)
+    kernels().batchnorm_forward_train(x.ravel(), gamma, beta, out.ravel(), mean, inv_std,
+                                      running_mean, running_var, eps, momentum, False,
+                                      threads_for(n * d))
+    bn_param["running_mean"] = running_mean
+    bn_param["running_var"] = running_var
+    return out, NormCache("batchnorm", x, gamma, mean, inv_std)
+
+
+def _norm_cache(cache, layer, dout):
+    """The checked (x, gamma, mean, inv_std, dout) of a `layer` cache, dout in x's dtype."""
+    if not isinstance(cache, NormCache):
+        raise ValueError(f"cache must be the NormCache {layer}_forward returned, got "
+                         f"a {type(cache).__name__}")
+    kind, x, gamma, mean, inv_std = cache
+    if kind != layer:
+        detail = " (a test-mode forward saves no batch statistics)" if kind.endswith("-test") \
+            else ""
+        raise ValueError(f"cache comes from {kind}_forward, not {layer}_forward{detail}")
+    dout = as_array(dout, "dout")
+    require_shape(dout, "dout", x.shape)
+    return x, gamma, mean, inv_std, as_float(dout, "dout", x.dtype)
+
+
+def _norm_backward(kernel, layer, dout, cache):
+    x, gamma, mean, inv_std, dout = _norm_cache(cache, layer, dout)
+    dx = np.empty(x.shape, x.dtype)
+    dgamma = np.empty(gamma.shape, x.dtype)
+    dbeta = np.empty(gamma.shape, x.dtype)
+    getattr(kernels(), kernel)(dout.ravel(), x.ravel(), gamma, mean, inv_std, dx.ravel(),
+                               dgamma, dbeta, threads_for(x.size))
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward(dout, cache):
+    """Batch normalization backward (train mode).
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, D)
+    cache : NormCache
+        From a train-mode :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, D)
+    dgamma, dbeta : ndarray, shape (D,)
+
+    Raises
+    ------
+    ValueError
+        For a cache from another layer or from test mode, or dout not shaped like x.
+    """
+    return _norm_backward("batchnorm_backward", "batchnorm", dout, cache)
+
+
+def batchnorm_backward_alt(dout, cache):
+    """Batch normalization backward, the course's "simplified" form.
+
+    fastbp's kernel already uses the compact closed form
+    ``dx = gamma * inv_std * (dout - mean(dout) - x_hat * mean(dout * x_hat))``, so this
+    returns exactly what :func:`batchnorm_backward` returns; both names exist because the
+    course calls both.
+    """
+    return batchnorm_backward(dout, cache)
+
+
+def layernorm_forward(x, gamma, beta, ln_param):
+    """Layer normalization forward: each row normalized over its D features.
+
+    ``out = gamma * (x - mean_row) / sqrt(var_row + eps) + beta`` (biased variance); the same
+    in train and test mode, so no running statistics.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, D)
+    gamma, beta : array_like, shape (D,)
+    ln_param : dict
+        ``"eps"`` (default 1e-5, >= 0); other keys (the course passes ``"mode"``) are ignored.
+
+    Returns
+    -------
+    out : ndarray, shape (N, D)
+    cache : NormCache
+        For :func:`layernorm_backward`.
+
+    Raises
+    ------
+    TypeError
+        If ln_param is not a dict, or for non-numeric inputs.
+    ValueError
+        For eps < 0, a non-2-D x, or gamma / beta not of shape (D,).
+    """
+    _norm_param(ln_param, "ln_param")
+    eps = norm_eps(ln_param.get("eps", 1e-5), "ln_param['eps']")
+    x, gamma, beta, dtype = _norm_inputs(x, gamma, beta)
+    n, d = x.shape
+    out = np.empty((n, d), dtype)
+    mean, inv_std = np.empty(n), np.empty(n)
+    kernels().layernorm_forward(x.ravel(), gamma, beta, out.ravel(), mean, inv_std, eps,
+                                threads_for(n * d))
+    return out, NormCache("layernorm", x, gamma, mean, inv_std)
+
+
+def layernorm_backward(dout, cache):
+    """Layer normalization backward.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, D)
+    cache : NormCache
+        From :func:`layernorm_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, D)
+    dgamma, dbeta : ndarray, shape (D,)
+
+    Raises
+    ------
+    ValueError
+        For a cache from another layer, or dout not shaped like x.
+    """
+    return _norm_backward("layernorm_backward", "layernorm", dout, cache)

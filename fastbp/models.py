@@ -18,7 +18,10 @@ d. Dropout uses fastbp's counter-based mask (:func:`fastbp.layers.dropout_forwar
    ``seed + l - 1`` after hidden layer l (so the first layer's mask is what
    ``layers.dropout_forward(x, model.dropout_param)`` draws); the course reseeds every layer
    with the same seed, which gives equal-width layers the same mask.
-e. Not implemented: batch and layer normalisation (``normalization`` other than None raises).
+e. Normalization (``"batchnorm"`` / ``"layernorm"``) goes between each hidden affine layer and
+   its ReLU, with ``gamma{l}`` (ones) and ``beta{l}`` (zeros) per hidden layer and one
+   ``bn_params[l - 1]`` dict each, as in the course: batch norm's get their mode set from
+   ``loss`` (train when y is given) and hold the running statistics.
    Deliberate differences from the course code, all in its error paths: arguments are checked
    up front (ValueError/TypeError naming the argument), and ``Solver.train`` leaves the model's
    parameters alone when no validation accuracy ever beat 0 (the course then sets
@@ -39,15 +42,25 @@ from .layers import (
     affine_forward,
     affine_relu_backward,
     affine_relu_forward,
+    batchnorm_backward,
+    batchnorm_forward,
     dropout_backward,
     dropout_forward,
+    layernorm_backward,
+    layernorm_forward,
+    relu_backward,
+    relu_forward,
     softmax_loss,
 )
 
 __all__ = ["FullyConnectedNet", "Solver", "TwoLayerNet"]
 
 _SEED_LIMIT = 1 << 64
-_NORMALIZATIONS = ("batchnorm", "layernorm")
+#: normalization name -> (forward, backward) of the course layer placed before each hidden ReLU
+_NORMALIZATIONS = {
+    "batchnorm": (batchnorm_forward, batchnorm_backward),
+    "layernorm": (layernorm_forward, layernorm_backward),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +175,7 @@ class TwoLayerNet:
 
 
 class FullyConnectedNet:
-    """Fully-connected network: {affine - relu - [dropout]} x (L - 1) - affine - softmax.
+    """Fully-connected network: {affine - [norm] - relu - [dropout]} x (L - 1) - affine - softmax.
 
     Parameters
     ----------
@@ -172,8 +185,9 @@ class FullyConnectedNet:
     num_classes : int, default 10
     dropout_keep_ratio : float, default 1
         Probability of KEEPING a hidden unit, in (0, 1]; 1 means no dropout.
-    normalization : None
-        Only None is supported; "batchnorm" and "layernorm" raise NotImplementedError.
+    normalization : {None, "batchnorm", "layernorm"}, default None
+        Normalization between each hidden affine layer and its ReLU
+        (:func:`fastbp.layers.batchnorm_forward` / :func:`fastbp.layers.layernorm_forward`).
     reg : float, default 0.0
         L2 strength: the loss gains ``0.5 * reg * sum_l sum(W_l**2)``.
     weight_scale : float, default 1e-2
@@ -188,30 +202,26 @@ class FullyConnectedNet:
     ----------
     params : dict
         ``W1, b1, ..., WL, bL``; ``Wl`` of shape (fan_in, fan_out) drawn in that order as
-        ``weight_scale * np.random.randn(fan_in, fan_out)`` from NumPy's global random state.
+        ``weight_scale * np.random.randn(fan_in, fan_out)`` from NumPy's global random state;
+        with normalization also ``gamma1, beta1, ..., gamma{L-1}, beta{L-1}`` (ones, zeros).
         Read live by :meth:`loss`.
     num_layers, reg, dtype, normalization, use_dropout, dropout_param, bn_params
         As in the course; ``dropout_param`` is ``{"mode": ..., "p": keep ratio}`` plus
-        ``"seed"`` when given, and ``bn_params`` is always empty.
+        ``"seed"`` when given; ``bn_params`` holds one dict per hidden layer with
+        normalization (``{"mode": "train"}`` for batch norm, ``{}`` for layer norm), else is
+        empty.
 
     Raises
     ------
-    NotImplementedError
-        For ``normalization="batchnorm"`` or ``"layernorm"``.
     ValueError, TypeError
-        For any other normalization, non-positive or non-integer sizes, a keep ratio outside
+        For an unknown normalization, non-positive or non-integer sizes, a keep ratio outside
         (0, 1], a negative reg, a non-positive weight_scale, a dtype other than float32/float64,
         or a seed outside [0, 2**64).
     """
 
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=1,
                  normalization=None, reg=0.0, weight_scale=1e-2, dtype=np.float32, seed=None):
-        if normalization in _NORMALIZATIONS:
-            raise NotImplementedError(
-                f"normalization={normalization!r} is not implemented in fastbp "
-                "(batch and layer normalisation are not built); use normalization=None"
-            )
-        if normalization is not None:
+        if normalization is not None and normalization not in _NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be None, 'batchnorm' or 'layernorm', got {normalization!r}"
             )
@@ -246,6 +256,9 @@ class FullyConnectedNet:
         for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
             self.params[f"W{layer}"] = weight_scale * np.random.randn(fan_in, fan_out)
             self.params[f"b{layer}"] = np.zeros(fan_out)
+            if normalization is not None and layer < self.num_layers:
+                self.params[f"gamma{layer}"] = np.ones(fan_out)
+                self.params[f"beta{layer}"] = np.zeros(fan_out)
 
         self.dropout_param = {}
         if self.use_dropout:
@@ -253,6 +266,9 @@ class FullyConnectedNet:
             if seed is not None:
                 self.dropout_param["seed"] = seed
         self.bn_params = []
+        if normalization is not None:
+            first = {"mode": "train"} if normalization == "batchnorm" else {}
+            self.bn_params = [dict(first) for _ in range(self.num_layers - 1)]
 
         for name, value in self.params.items():
             self.params[name] = value.astype(dtype)
@@ -263,6 +279,30 @@ class FullyConnectedNet:
         if seed is None:
             return self.dropout_param
         return {**self.dropout_param, "seed": (seed + layer - 1) % _SEED_LIMIT}
+
+    def _hidden_forward(self, layer, x):
+        """affine - [norm] - relu of hidden layer `layer` (1-based) -> (out, cache)."""
+        p = self.params
+        if self.normalization is None:
+            return affine_relu_forward(x, p[f"W{layer}"], p[f"b{layer}"])
+        norm_forward, _ = _NORMALIZATIONS[self.normalization]
+        a, fc_cache = affine_forward(x, p[f"W{layer}"], p[f"b{layer}"])
+        a, norm_cache = norm_forward(a, p[f"gamma{layer}"], p[f"beta{layer}"],
+                                     self.bn_params[layer - 1])
+        out, relu_cache = relu_forward(a)
+        return out, (fc_cache, norm_cache, relu_cache)
+
+    def _hidden_backward(self, layer, dout, cache, grads):
+        """Backward of :meth:`_hidden_forward`: fills grads[...{layer}], returns dx."""
+        if self.normalization is None:
+            dx, grads[f"W{layer}"], grads[f"b{layer}"] = affine_relu_backward(dout, cache)
+            return dx
+        _, norm_backward = _NORMALIZATIONS[self.normalization]
+        fc_cache, norm_cache, relu_cache = cache
+        da, grads[f"gamma{layer}"], grads[f"beta{layer}"] = norm_backward(
+            relu_backward(dout, relu_cache), norm_cache)
+        dx, grads[f"W{layer}"], grads[f"b{layer}"] = affine_backward(da, fc_cache)
+        return dx
 
     def loss(self, X, y=None):
         """Scores (test mode), or loss and gradients (train mode), for a minibatch.
@@ -287,13 +327,16 @@ class FullyConnectedNet:
         mode = "test" if y is None else "train"
         if self.use_dropout:
             self.dropout_param["mode"] = mode
+        if self.normalization == "batchnorm":
+            for bn_param in self.bn_params:
+                bn_param["mode"] = mode
 
         p = self.params
         last = self.num_layers
         out = X
         caches = []
         for layer in range(1, last):
-            out, cache = affine_relu_forward(out, p[f"W{layer}"], p[f"b{layer}"])
+            out, cache = self._hidden_forward(layer, out)
             drop_cache = None
             if self.use_dropout:
                 out, drop_cache = dropout_forward(out, self._layer_dropout_param(layer))
@@ -311,7 +354,7 @@ class FullyConnectedNet:
             cache, drop_cache = caches[layer - 1]
             if drop_cache is not None:
                 dout = dropout_backward(dout, drop_cache)
-            dout, grads[f"W{layer}"], grads[f"b{layer}"] = affine_relu_backward(dout, cache)
+            dout = self._hidden_backward(layer, dout, cache, grads)
         if self.reg:
             for name in weights:
                 grads[name] += self.reg * p[name]

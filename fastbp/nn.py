@@ -20,6 +20,7 @@ Design
 * Parameter names in a ``Sequential`` are ``"<index>.<name>"`` (``"0.W"``, ``"0.b"``, ...).
 """
 
+import functools
 import math
 from types import MappingProxyType
 
@@ -29,6 +30,7 @@ from . import _validation as val
 from ._config import threads_for
 from ._fused_step import fused_train_step, fusion_plan
 from .backend import kernels
+from .layers import norm_eps, norm_momentum
 
 __all__ = [
     "Module",
@@ -46,6 +48,9 @@ __all__ = [
     "MLP",
     "ACTIVATIONS",
     "LOSSES",
+    "BatchNorm1d",
+    "LayerNorm",
+    "NORMS",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -82,6 +87,17 @@ class Module:
 
     params = MappingProxyType({})  # read-only defaults: a subclass sets its own dicts
     grads = MappingProxyType({})
+    buffers = MappingProxyType({})  # state that is saved but not trained (running statistics)
+    training = True  # .train() / .eval() set it; layers that behave differently read it
+
+    def train(self, mode=True):
+        """Set training mode (``mode=True``) or inference mode; returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode (``train(False)``): batch norm uses its running statistics."""
+        return self.train(False)
 
     def forward(self, x):
         raise NotImplementedError
@@ -102,13 +118,14 @@ class Module:
             g.fill(0)
 
     def state_dict(self):
-        """Copies of the parameters, by name."""
-        return {k: v.copy() for k, v in self.params.items()}
+        """Copies of the parameters and buffers (running statistics), by name."""
+        return {k: v.copy() for k, v in {**self.params, **self.buffers}.items()}
 
     def load_state_dict(self, state):
         """Copy `state` into the parameters, in place.
 
         Every array is checked (names, shapes, a float dtype) before any parameter changes.
+        Buffers (running statistics) are loaded with the parameters.
 
         Raises
         ------
@@ -117,7 +134,7 @@ class Module:
         TypeError
             If an array is not of a real floating dtype.
         """
-        params = self.params
+        params = {**self.params, **self.buffers}
         missing = sorted(set(params) - set(state))
         extra = sorted(set(state) - set(params))
         if missing or extra:
@@ -464,6 +481,30 @@ LOSSES = {"softmax": SoftmaxCrossEntropy, "svm": MulticlassHinge, "mse": MSELoss
 # ----------------------------------------------------------------------------------- containers
 
 
+def _modules(module):
+    """`module` and everything nested in it (the layers of Sequentials), depth first."""
+    yield module
+    for layer in getattr(module, "layers", ()):
+        yield from _modules(layer)
+
+
+def _inference_mode(method):
+    """Run a Sequential `method` in inference mode (``eval()``: batch norm uses its running
+    statistics), then give the container and every layer back the mode it had."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        modes = [(module, module.training) for module in _modules(self)]
+        self.eval()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+    return run
+
+
 class Sequential(Module):
     """A chain of layers.
 
@@ -498,6 +539,18 @@ class Sequential(Module):
         """``{"<index>.<name>": array}``, the gradient buffers matching :attr:`params`."""
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
                 for k, v in layer.grads.items()}
+
+    @property
+    def buffers(self):
+        """``{"<index>.<name>": array}``, every layer's buffers (running statistics)."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in layer.buffers.items()}
+
+    def train(self, mode=True):
+        """Set the mode of this container and of every layer in it; returns self."""
+        for layer in self.layers:
+            layer.train(mode)
+        return super().train(mode)
 
     @property
     def dtype(self):
@@ -579,6 +632,7 @@ class Sequential(Module):
         for start in range(0, a.shape[0], batch_size):
             yield a[start:start + batch_size]
 
+    @_inference_mode
     def predict_proba(self, x, batch_size=1024):
         """Softmax probabilities of the outputs, (N, C), computed in batches."""
         chunks = []
@@ -588,11 +642,13 @@ class Sequential(Module):
             chunks.append(z / z.sum(axis=1, keepdims=True))
         return np.concatenate(chunks) if chunks else np.empty((0, 0), self.dtype)
 
+    @_inference_mode
     def predict(self, x, batch_size=1024):
         """Predicted class (argmax of the outputs) per row, as int64, computed in batches."""
         out = [self.forward(xb).argmax(axis=1) for xb in self._batches(x, batch_size)]
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
+    @_inference_mode
     def evaluate(self, x, y, loss=None, batch_size=1024):
         """``(mean loss, accuracy)`` over (x, y), in batches.
 
@@ -636,7 +692,7 @@ class MLP(Sequential):
     """
 
     def __init__(self, sizes, activation="relu", loss="softmax", bias=True, dtype=np.float32,
-                 rng=None, init="he", **activation_kwargs):
+                 rng=None, init="he", norm=None, **activation_kwargs):
         sizes = [_positive_int(s, "sizes[i]") for s in sizes]
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least input and output sizes, got {sizes}")
@@ -644,12 +700,188 @@ class MLP(Sequential):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        if norm is not None and norm not in NORMS:
+            raise ValueError(f"norm must be None or one of {sorted(NORMS)}, got {norm!r}")
         gen = _rng(rng)
         layers = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(Linear(fan_in, fan_out, bias=bias, dtype=dtype, rng=gen, init=init))
             if i < len(sizes) - 2:
+                if norm is not None:
+                    layers.append(NORMS[norm](fan_out, dtype=dtype))
                 layers.append(ACTIVATIONS[activation](**activation_kwargs))
         super().__init__(*layers, criterion=LOSSES[loss]())
         self.sizes = sizes
         self.activation = activation
+        self.norm = norm
+
+
+# -------------------------------------------------------------------------------- normalization
+
+
+class _Norm(Module):
+    """Shared body of BatchNorm1d and LayerNorm: (N, num_features) input of the layer's dtype,
+    ``gamma`` / ``beta`` parameters (or fixed ones / zeros without ``affine``), reused buffers,
+    and the float64 statistics the backward kernel reads."""
+
+    def __init__(self, num_features, eps, affine, dtype):
+        self.num_features = _positive_int(num_features, "num_features")
+        self.eps = norm_eps(eps, "eps")
+        self.dtype = _float_dtype(dtype)
+        gamma = np.ones(self.num_features, self.dtype)
+        beta = np.zeros(self.num_features, self.dtype)
+        self.affine = bool(affine)
+        self.params = {"gamma": gamma, "beta": beta} if self.affine else {}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        # without affine, the kernels still read gamma = 1, beta = 0 and write dgamma / dbeta
+        self._fixed = {"gamma": gamma, "beta": beta, "dgamma": np.empty_like(gamma),
+                       "dbeta": np.empty_like(beta)}
+        self._buf = _Buffers()
+        self._saved = None
+
+    def _gamma_beta(self):
+        p = self.params if self.affine else self._fixed
+        return p["gamma"], p["beta"]
+
+    def _param_grads(self):
+        if self.affine:
+            return self.grads["gamma"], self.grads["beta"]
+        return self._fixed["dgamma"], self._fixed["dbeta"]
+
+    def _input(self, x):
+        a = val.as_array(x, "x")
+        if a.ndim != 2 or a.shape[1] != self.num_features:
+            raise ValueError(
+                f"{self!r} expects input of shape (N, {self.num_features}), got {a.shape}")
+        return val.as_float(a, "x", self.dtype)
+
+    def _backward(self, kernel, dout):
+        if self._saved is None:
+            raise RuntimeError(f"{self!r}: backward needs a forward in training mode first "
+                               "(eval-mode forward saves no batch statistics)")
+        x, mean, inv_std = self._saved
+        dout = val.as_float(dout, "dout", self.dtype)
+        val.require_shape(dout, "dout", x.shape)
+        dx = self._buf.get("dx", x.shape, self.dtype)
+        dgamma, dbeta = self._param_grads()
+        getattr(kernels(), kernel)(dout.reshape(-1), x.reshape(-1), self._gamma_beta()[0],
+                                   mean, inv_std, dx.reshape(-1), dgamma, dbeta,
+                                   threads_for(x.size))
+        return dx
+
+
+class BatchNorm1d(_Norm):
+    """Batch normalization over the batch axis of (N, num_features) input (PyTorch semantics).
+
+    Training mode normalizes each feature with the batch mean and biased variance and updates
+    the running statistics: ``running = (1 - momentum) * running + momentum * batch`` (the
+    running variance from the UNBIASED batch variance, as PyTorch); inference mode
+    (``.eval()``) normalizes with the running statistics.
+
+    Parameters
+    ----------
+    num_features : int
+    eps : float, default 1e-5
+        Added to the variance inside the square root (>= 0).
+    momentum : float, default 0.1
+        Weight of the NEW batch statistic in the running averages, in [0, 1] (PyTorch's
+        convention; the course's ``bn_param["momentum"]`` weights the old value).
+    affine : bool, default True
+        Learn ``gamma`` (ones) and ``beta`` (zeros); without it the output is the normalized x.
+    dtype : {np.float32, np.float64}, default np.float32
+
+    Attributes
+    ----------
+    params, grads : dict
+        ``"gamma"``, ``"beta"`` (num_features,) when affine, else empty.
+    buffers : dict
+        ``"running_mean"`` (zeros) and ``"running_var"`` (ones), saved with the model.
+
+    Raises
+    ------
+    ValueError
+        For num_features < 1, eps < 0, momentum outside [0, 1]; in training mode, for a batch
+        of one row (its variance is undefined; PyTorch refuses it too).
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
+        super().__init__(num_features, eps, affine, dtype)
+        self.momentum = norm_momentum(momentum, "momentum")
+        self.buffers = {"running_mean": np.zeros(self.num_features, self.dtype),
+                        "running_var": np.ones(self.num_features, self.dtype)}
+
+    def __repr__(self):
+        return (f"BatchNorm1d({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, dtype={self.dtype.name})")
+
+    def forward(self, x):
+        """Normalize x (N, num_features); returns a reused buffer."""
+        x = self._input(x)
+        n = x.shape[0]
+        out = self._buf.get("out", x.shape, self.dtype)
+        gamma, beta = self._gamma_beta()
+        run_mean, run_var = self.buffers["running_mean"], self.buffers["running_var"]
+        if not self.training:
+            kernels().batchnorm_forward_test(x.reshape(-1), gamma, beta, run_mean, run_var,
+                                             out.reshape(-1), self.eps, threads_for(x.size))
+            self._saved = None
+            return out
+        if n < 2:
+            raise ValueError(f"{self!r}: training mode needs more than 1 value per feature, "
+                             f"got input of shape {x.shape} (use .eval() for single samples)")
+        mean = self._buf.get("mean", (self.num_features,), np.float64)
+        inv_std = self._buf.get("inv_std", (self.num_features,), np.float64)
+        # the kernel takes the course's momentum (weight of the old value)
+        kernels().batchnorm_forward_train(x.reshape(-1), gamma, beta, out.reshape(-1), mean,
+                                          inv_std, run_mean, run_var, self.eps,
+                                          1.0 - self.momentum, True, threads_for(x.size))
+        self._saved = (x, mean, inv_std)
+        return out
+
+    def backward(self, dout):
+        """Fill grads (dgamma, dbeta) and return dL/dx (training-mode forward only)."""
+        return self._backward("batchnorm_backward", dout)
+
+
+class LayerNorm(_Norm):
+    """Layer normalization over the last axis of (N, num_features) input (PyTorch semantics:
+    biased variance, eps inside the square root, the same in training and inference).
+
+    Parameters
+    ----------
+    num_features : int
+    eps : float, default 1e-5
+    dtype : {np.float32, np.float64}, default np.float32
+
+    Attributes
+    ----------
+    params, grads : dict
+        ``"gamma"`` (ones) and ``"beta"`` (zeros), (num_features,).
+    """
+
+    def __init__(self, num_features, eps=1e-5, dtype=np.float32):
+        super().__init__(num_features, eps, True, dtype)
+
+    def __repr__(self):
+        return f"LayerNorm({self.num_features}, eps={self.eps}, dtype={self.dtype.name})"
+
+    def forward(self, x):
+        """Normalize each row of x (N, num_features); returns a reused buffer."""
+        x = self._input(x)
+        n = x.shape[0]
+        out = self._buf.get("out", x.shape, self.dtype)
+        mean = self._buf.get("mean", (n,), np.float64)
+        inv_std = self._buf.get("inv_std", (n,), np.float64)
+        gamma, beta = self._gamma_beta()
+        kernels().layernorm_forward(x.reshape(-1), gamma, beta, out.reshape(-1), mean, inv_std,
+                                    self.eps, threads_for(x.size))
+        self._saved = (x, mean, inv_std)
+        return out
+
+    def backward(self, dout):
+        """Fill grads (dgamma, dbeta) and return dL/dx."""
+        return self._backward("layernorm_backward", dout)
+
+
+#: MLP(norm=...) name -> normalization class
+NORMS = {"batch": BatchNorm1d, "layer": LayerNorm}

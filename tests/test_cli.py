@@ -389,3 +389,26 @@ def test_bench_bad_arguments(args, match):
     assert proc.returncode in (1, 2)
     assert proc.stderr.startswith("fastbp: error:") and match in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------- --norm
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_train_with_norm_saves_a_model_that_evaluates_the_same(tmp_path, norm):
+    path = tmp_path / "m.npz"
+    out = ok("train", *TINY, "--norm", norm, "--save", path)
+    assert f"64-16-10 MLP (relu, {norm} norm, softmax loss, float32)" in out
+    model, meta = load_model(path)
+    assert model.norm == norm and meta["architecture"]["norm"] == norm
+    if norm == "batch":
+        assert not np.array_equal(model.buffers["1.running_var"], np.ones(16))
+    evaluated = ok("evaluate", path)
+    assert printed_accuracy(evaluated) == printed_accuracy(out)
+    assert printed_accuracy(out)[0] > 0.5 * printed_accuracy(out)[1]
+
+
+def test_norm_batch_refuses_a_last_minibatch_of_one():
+    proc = fastbp_cli("train", *TINY, "--norm", "batch", "--batch-size", "2")  # 1,293 samples
+    _assert_one_line_error(proc, 1)  # known only once the data are loaded: a runtime error
+    assert "one sample" in proc.stderr and "--batch-size" in proc.stderr

@@ -292,10 +292,99 @@ def test_fc_net_backends_agree(backend, keep):
         np.testing.assert_allclose(grads_b[name], grads[name], rtol=1e-10, atol=1e-14)
 
 
+# --------------------------------------------------------------------------------------------
+# FullyConnectedNet with batch / layer normalization
+
+
+def _course_norm_problem():
+    """The BatchNormalization notebook's gradient-check problem (np.random.seed(231))."""
+    np.random.seed(231)
+    N, D, H1, H2, C = 2, 15, 20, 30, 10
+    X = np.random.randn(N, D)
+    y = np.random.randint(C, size=(N,))
+    return X, y, dict(input_dim=D, num_classes=C, weight_scale=5e-2, dtype=np.float64)
+
+
+def _norm_net_loss(params, X, y, normalization, reg, eps=1e-5):
+    """Inline NumPy forward of {affine - norm - relu} x 2 - affine - softmax (course formulas)."""
+    h = X
+    for layer in (1, 2):
+        a = h @ params[f"W{layer}"] + params[f"b{layer}"]
+        axis = 0 if normalization == "batchnorm" else 1
+        a = (a - a.mean(axis, keepdims=True)) / np.sqrt(a.var(axis, keepdims=True) + eps)
+        h = np.maximum(a * params[f"gamma{layer}"] + params[f"beta{layer}"], 0)
+    l2 = sum(np.sum(params[f"W{layer}"] ** 2) for layer in (1, 2, 3))
+    return _softmax_loss(h @ params["W3"] + params["b3"], y) + 0.5 * reg * l2
+
+
+def test_fc_net_batchnorm_reproduces_the_course_initial_losses():
+    """CS231n BatchNormalization.ipynb, 'Fully Connected Nets with Batch Normalization': the
+    published initial losses, recomputed inline first.  As in the notebook, the reg = 3.14
+    model is built after the reg = 0 one (its weights are the next random draws)."""
+    X, y, kw = _course_norm_problem()
+    for reg, published in ((0, 2.2611955101340957), (3.14, 6.996533220108303)):
+        model = FullyConnectedNet([20, 30], reg=reg, normalization="batchnorm", **kw)
+        loss, _ = model.loss(X, y)
+        inline = _norm_net_loss(model.params, X, y, "batchnorm", reg)
+        assert inline == pytest.approx(published, rel=1e-13)
+        assert loss == pytest.approx(published, rel=1e-13)
+
+
 @pytest.mark.parametrize("normalization", ["batchnorm", "layernorm"])
-def test_fc_net_normalization_not_implemented(normalization):
-    with pytest.raises(NotImplementedError, match=normalization):
-        FullyConnectedNet([10], normalization=normalization)
+@pytest.mark.parametrize("reg", [0, 3.14])
+def test_fc_net_with_normalization_passes_the_course_gradient_check(normalization, reg):
+    """The notebook's check: W errors up to ~1e-4 (its published W1 error is 1.10e-04, a net
+    of 2 samples), b ~1e-8, gamma / beta ~1e-8 ("1e-08~1e-09"; up to ~1e-5 here where a
+    difference step crosses a ReLU kink in the layer-norm net).  A wrong gradient is ~1e-1."""
+    X, y, kw = _course_norm_problem()
+    model = FullyConnectedNet([20, 30], reg=reg, normalization=normalization, **kw)
+    loss, grads = model.loss(X, y)
+    assert loss == pytest.approx(_norm_net_loss(model.params, X, y, normalization, reg),
+                                 rel=1e-12)
+    expected = ["W1", "b1", "gamma1", "beta1", "W2", "b2", "gamma2", "beta2", "W3", "b3"]
+    assert sorted(grads) == sorted(model.params) == sorted(expected)
+    limits = {"W": 2e-4, "b": 1e-5}
+    for name in sorted(grads):
+        num = eval_numerical_gradient(lambda _: model.loss(X, y)[0], model.params[name],
+                                      verbose=False, h=1e-5)
+        assert rel_error(num, grads[name]) < limits.get(name[0], 3e-5), name
+
+
+def test_fc_net_batchnorm_modes_and_running_statistics():
+    X, y, kw = _course_norm_problem()
+    model = FullyConnectedNet([20, 30], normalization="batchnorm", **kw)
+    assert [p["mode"] for p in model.bn_params] == ["train", "train"]
+    model.loss(X, y)
+    assert all(set(p) >= {"running_mean", "running_var"} for p in model.bn_params)
+    running = [p["running_mean"].copy() for p in model.bn_params]
+    scores = model.loss(X)  # test mode: normalizes with the running statistics, updates none
+    assert [p["mode"] for p in model.bn_params] == ["test", "test"]
+    for p, r in zip(model.bn_params, running):
+        np.testing.assert_array_equal(p["running_mean"], r)
+    a = X @ model.params["W1"] + model.params["b1"]
+    p = model.bn_params[0]
+    h = np.maximum((a - p["running_mean"]) / np.sqrt(p["running_var"] + 1e-5), 0)
+    a = h @ model.params["W2"] + model.params["b2"]
+    p = model.bn_params[1]
+    h = np.maximum((a - p["running_mean"]) / np.sqrt(p["running_var"] + 1e-5), 0)
+    np.testing.assert_allclose(scores, h @ model.params["W3"] + model.params["b3"], rtol=1e-12)
+    assert FullyConnectedNet([5], normalization="layernorm").bn_params == [{}]
+
+
+@pytest.mark.parametrize("normalization", ["batchnorm", "layernorm"])
+def test_solver_trains_a_normalized_net(normalization):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 12))
+    y = (X[:, :3].sum(1) > 0).astype(np.int64) + 2 * (X[:, 3] > 0)
+    data = {"X_train": X[:150], "y_train": y[:150], "X_val": X[150:], "y_val": y[150:]}
+    np.random.seed(0)
+    model = FullyConnectedNet([32, 32], input_dim=12, num_classes=4, weight_scale=5e-2,
+                              normalization=normalization, dtype=np.float64)
+    solver = Solver(model, data, update_rule="adam", optim_config={"learning_rate": 1e-2},
+                    num_epochs=15, batch_size=25, verbose=False)
+    solver.train()
+    assert np.mean(solver.loss_history[-6:]) < 0.5 * solver.loss_history[0]
+    assert solver.best_val_acc > 0.7
 
 
 @pytest.mark.parametrize(

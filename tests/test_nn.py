@@ -320,3 +320,169 @@ def test_train_step_and_evaluate_reject_wrong_argument_types():
         model.train_step(x, y, nn.SoftmaxCrossEntropy(), None)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         model.evaluate(x, y, batch_size=0)
+
+
+# ------------------------------------------------------------------- normalization layers
+
+
+def _torch_pair(torch, ours):
+    """A torch module matching `ours` (BatchNorm1d or LayerNorm), float64, same parameters."""
+    if isinstance(ours, nn.BatchNorm1d):
+        theirs = torch.nn.BatchNorm1d(ours.num_features, eps=ours.eps, momentum=ours.momentum,
+                                      affine=ours.affine, dtype=torch.float64)
+    else:
+        theirs = torch.nn.LayerNorm(ours.num_features, eps=ours.eps, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in ours.params.items():
+            getattr(theirs, {"gamma": "weight", "beta": "bias"}[name]).copy_(torch.tensor(p))
+    return theirs
+
+
+@pytest.mark.parametrize("make", [lambda: nn.BatchNorm1d(7, dtype=np.float64),
+                                  lambda: nn.BatchNorm1d(7, eps=1e-3, momentum=0.3, affine=False,
+                                                         dtype=np.float64),
+                                  lambda: nn.LayerNorm(7, eps=1e-4, dtype=np.float64)])
+def test_norm_layers_match_torch_over_several_steps(make):
+    """Train mode (outputs, input and parameter gradients, running statistics after every
+    step), then eval mode, against torch.nn.BatchNorm1d / LayerNorm."""
+    torch = pytest.importorskip("torch")
+    gen = np.random.default_rng(3)
+    ours = make()
+    if "gamma" in ours.params:
+        ours.params["gamma"][...] = gen.uniform(0.5, 1.5, 7)
+    theirs = _torch_pair(torch, ours)
+    for _ in range(4):
+        x = gen.standard_normal((12, 7)) * 3 + 2
+        dout = gen.standard_normal((12, 7))
+        t = torch.tensor(x, requires_grad=True)
+        y = theirs(t)
+        y.backward(torch.tensor(dout))
+        np.testing.assert_allclose(ours.forward(x), y.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ours.backward(dout), t.grad.numpy(), rtol=1e-10, atol=1e-12)
+        for name, g in ours.grads.items():
+            ref = getattr(theirs, {"gamma": "weight", "beta": "bias"}[name]).grad
+            np.testing.assert_allclose(g, ref.numpy(), rtol=1e-10, atol=1e-12)
+            ref.zero_()
+        for name, buf in ours.buffers.items():
+            np.testing.assert_allclose(buf, getattr(theirs, name).numpy(), rtol=1e-13)
+    ours.eval()
+    theirs.eval()
+    x = gen.standard_normal((5, 7))
+    with torch.no_grad():
+        np.testing.assert_allclose(ours.forward(x), theirs(torch.tensor(x)).numpy(), rtol=1e-12,
+                                   atol=1e-12)
+
+
+def test_batchnorm1d_float32_matches_float64():
+    gen = np.random.default_rng(4)
+    x = gen.standard_normal((33, 9)) + 100
+    a, b = nn.BatchNorm1d(9, dtype=np.float32), nn.BatchNorm1d(9, dtype=np.float64)
+    np.testing.assert_allclose(a.forward(x.astype(np.float32)), b.forward(x), atol=2e-4)
+    assert a.forward(x.astype(np.float32)).dtype == np.float32
+    np.testing.assert_allclose(a.buffers["running_mean"], b.buffers["running_mean"] * 1.9,
+                               rtol=1e-5)  # two steps of momentum 0.1 vs one
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_mlp_with_norm_passes_a_gradient_check(norm):
+    model = _mlp([5, 8, 6, 3], norm=norm, seed=2)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Linear", nn.NORMS[norm].__name__, "ReLU", "Linear", nn.NORMS[norm].__name__, "ReLU",
+        "Linear"]
+    gen = np.random.default_rng(5)
+    x, y = gen.standard_normal((7, 5)), gen.integers(0, 3, 7)
+    report = check_model_gradients(model, x, y, h=1e-6)
+    assert {"1.gamma", "1.beta", "4.gamma", "4.beta"} <= {e.name for e in report}
+    for entry in report:
+        assert entry.max_rel_error < 1e-6 or entry.max_abs_error < 1e-9, str(report)
+
+
+def test_train_and_eval_propagate_and_predict_runs_in_eval_mode():
+    model = _mlp([4, 6, 3], norm="batch")
+    bn = model.layers[1]
+    assert model.training and bn.training
+    model.eval()
+    assert not model.training and not bn.training and not model.layers[2].training
+    assert model.train() is model and bn.training
+    gen = np.random.default_rng(6)
+    x = gen.standard_normal((10, 4))
+    before = {k: v.copy() for k, v in model.buffers.items()}
+    model.predict(x[:1])  # one row: only possible in eval mode
+    model.predict_proba(x)
+    model.evaluate(x, gen.integers(0, 3, 10))
+    assert bn.training and model.training  # the training flags are restored
+    outer = nn.Sequential(model)
+    outer.layers[0].layers[2].eval()
+    outer.predict(x)
+    assert [layer.training for layer in model.layers] == [True, True, False, True]
+    for k, v in model.buffers.items():
+        np.testing.assert_array_equal(v, before[k])  # inference never updates running stats
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_train_step_with_norm_falls_back_to_the_unfused_path(norm):
+    """The fusion planner does not fuse normalization: train_step must run forward, backward
+    and optimizer.step, giving exactly what those do."""
+    gen = np.random.default_rng(7)
+    x, y = gen.standard_normal((16, 10)), gen.integers(0, 4, 16)
+    stepped, plain = _mlp([10, 12, 4], norm=norm), _mlp([10, 12, 4], norm=norm)
+    assert stepped._fusion_plan() is None
+    opt_s, opt_p = optim.Adam(lr=1e-2), optim.Adam(lr=1e-2)
+    for _ in range(3):
+        vs = stepped.train_step(x, y, nn.SoftmaxCrossEntropy(), opt_s)
+        vp = _unfused_step(plain, x, y, nn.SoftmaxCrossEntropy(), opt_p)
+        assert vs == vp
+    for name, p in plain.state_dict().items():
+        np.testing.assert_array_equal(stepped.state_dict()[name], p)
+    assert stepped.train_step(x, y, nn.SoftmaxCrossEntropy(), opt_s) < vs
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_norm_models_save_and_load_with_running_statistics(tmp_path, norm):
+    from fastbp.io import load_model, save_model
+
+    gen = np.random.default_rng(8)
+    model = _mlp([6, 5, 3], norm=norm, dtype=np.float32)
+    for _ in range(3):
+        model.train_step(gen.standard_normal((9, 6)), gen.integers(0, 3, 9),
+                         nn.SoftmaxCrossEntropy(), optim.SGD(lr=0.1))
+    if norm == "batch":
+        assert set(model.buffers) == {"1.running_mean", "1.running_var"}
+        assert not np.array_equal(model.buffers["1.running_var"], np.ones(5))
+    x = gen.standard_normal((4, 6))
+    expected = model.predict_proba(x)
+    model.save(tmp_path / "p.npz")
+    fresh = _mlp([6, 5, 3], norm=norm, dtype=np.float32, seed=99).load(tmp_path / "p.npz")
+    save_model(tmp_path / "m.npz", model)
+    loaded, meta = load_model(tmp_path / "m.npz")
+    assert meta["architecture"]["norm"] == norm and loaded.norm == norm
+    for other in (fresh, loaded):
+        for name, v in model.state_dict().items():
+            np.testing.assert_array_equal(other.state_dict()[name], v)
+        np.testing.assert_array_equal(other.predict_proba(x), expected)
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: nn.BatchNorm1d(4, momentum=1.5), ValueError, r"momentum.*\[0, 1\]"),
+    (lambda: nn.BatchNorm1d(4, momentum=None), TypeError, "momentum"),
+    (lambda: nn.BatchNorm1d(4, eps=-1e-5), ValueError, "eps"),
+    (lambda: nn.LayerNorm(0), ValueError, "num_features"),
+    (lambda: nn.BatchNorm1d(4, dtype=np.int32), TypeError, "dtype"),
+    (lambda: nn.MLP([3, 4, 2], norm="group"), ValueError, "norm must be"),
+    (lambda: nn.BatchNorm1d(4).forward(np.ones((1, 4), np.float32)), ValueError, "more than 1"),
+    (lambda: nn.BatchNorm1d(4).forward(np.ones((3, 5), np.float32)), ValueError, r"\(N, 4\)"),
+    (lambda: nn.BatchNorm1d(4).backward(np.ones((3, 4))), RuntimeError, "forward in training"),
+    (lambda: nn.LayerNorm(4).backward(np.ones((3, 4))), RuntimeError, "forward in training"),
+])
+def test_norm_layers_reject_bad_input(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_batchnorm1d_eval_forward_then_backward_is_refused():
+    bn = nn.BatchNorm1d(3, dtype=np.float64)
+    bn.forward(np.arange(6.0).reshape(2, 3))
+    bn.eval()
+    bn.forward(np.ones((1, 3)))
+    with pytest.raises(RuntimeError, match="eval-mode forward"):
+        bn.backward(np.ones((1, 3)))
