@@ -245,11 +245,11 @@ def matmul(a, b):
         g2 = np.ascontiguousarray(g).reshape(a2.shape[0], b2.shape[1])
         k = kernels()
         da = db = None
-        if sa is not None:  # dA = G Bᵀ
-            da = np.empty(sa, dtype)
+        if ta is not None:  # dA = G Bᵀ
+            da = np.empty(ad.shape, dtype)
             k.gemm(False, True, 1.0, g2, b2, 0.0, da.reshape(a2.shape))
-        if sb is not None:  # dB = Aᵀ G
-            db = np.empty(sb, dtype)
+        if tb is not None:  # dB = Aᵀ G
+            db = np.empty(bd.shape, dtype)
             k.gemm(True, False, 1.0, a2, g2, 0.0, db.reshape(b2.shape))
         return da, db
 
