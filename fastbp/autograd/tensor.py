@@ -228,6 +228,9 @@ class Tensor:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.item()
 
+    def __float__(self):
+        return float(self.item())
+
     def detach(self):
         """A new leaf sharing this data, outside the graph (requires_grad False)."""
         return make(self.data)
