@@ -484,7 +484,9 @@ def linear(x, W, b=None):
     if bd is not None and bd.shape != (wd.shape[1],):
         raise ValueError(f"linear: b has shape {bd.shape}, expected ({wd.shape[1]},) for W of "
                          f"shape {wd.shape}")
-    dtype = val.compute_dtype(xd, wd) if bd is None else val.compute_dtype(xd, wd, bd)
+    dtype = xd.dtype
+    if not (dtype in _FLOATS and wd.dtype == dtype and (bd is None or bd.dtype == dtype)):
+        dtype = val.compute_dtype(*(a for a in (xd, wd, bd) if a is not None))
     xd, wd = _float(xd, "x", dtype), _float(wd, "W", dtype)
     if bd is not None:
         bd = _float(bd, "b", dtype)
