@@ -93,24 +93,20 @@ def torch_residual_step(x, y, weights):
         import torch
     except ImportError:
         raise bench.Unavailable("torch is not installed")
-    layers = []
-    for w, b in weights:
-        lin = torch.nn.Linear(*w.shape, dtype=torch.float32 if x.dtype == np.float32
-                              else torch.float64)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w.T.copy()))
-            lin.bias.copy_(torch.from_numpy(b))
-        layers.append(lin)
+    F = torch.nn.functional
+    # F.linear(h, W, b) = h @ W.T + b, what torch.nn.Linear runs, on the same weights
+    layers = [(torch.tensor(w.T).requires_grad_(), torch.tensor(b).requires_grad_())
+              for w, b in weights]
     first, *blocks, last = layers
-    params = [p for lin in layers for p in lin.parameters()]
-    opt = torch.optim.SGD(params, lr=bench.LR, momentum=bench.MOMENTUM)
+    opt = torch.optim.SGD([p for layer in layers for p in layer], lr=bench.LR,
+                          momentum=bench.MOMENTUM)
 
     def step(xb=x, yb=y):
         opt.zero_grad(set_to_none=True)
-        h = torch.relu(first(torch.from_numpy(xb)))
+        h = torch.relu(F.linear(torch.from_numpy(xb), *first))
         for block in blocks:
-            h = h + torch.relu(block(h))
-        loss = torch.nn.functional.cross_entropy(last(h), torch.from_numpy(yb))
+            h = h + torch.relu(F.linear(h, *block))
+        loss = F.cross_entropy(F.linear(h, *last), torch.from_numpy(yb))
         loss.backward()
         opt.step()
         return loss.item()
