@@ -9,7 +9,8 @@ a. Order without recursion.  A first walk (an explicit stack, never Python recur
    gradient to it, so each node's backward runs exactly once, after its gradient is complete
    (the reverse topological order the lectures describe), whatever the fan-out.
 b. Fan-out ("copy gate: gradient adder").  The gradients arriving at one tensor are summed.  The
-   first one is kept by reference; later ones are added in place into a buffer the engine owns.
+   first one is kept by reference; later ones are added in place into a buffer the engine owns
+   (the first fresh gradient to arrive; a new buffer only when none is fresh).
    A gradient an op returns is the engine's to own (and to accumulate into, or to hand to a
    leaf as its ``.grad``) only if it is a fresh array: not the upstream gradient itself and not
    a view (``base is None``).  The upstream gradient, views of it and broadcast views are never
@@ -112,7 +113,11 @@ def run_backward(root, grad, retain_graph):
             elif j in owned:
                 np.add(prev, gi, out=prev)
             else:
-                grads[j] = prev + gi
+                if gi is not g and gi.base is None:  # fresh: add into it, no new buffer
+                    np.add(gi, prev, out=gi)
+                else:
+                    gi = prev + gi
+                grads[j] = gi
                 owned.add(j)
             if n == 0:
                 if inp._inputs is None:
