@@ -83,12 +83,12 @@ def run_backward(root, grad, retain_graph):
         _accumulate_leaf(root, grad, False)
         return
     pending = _consumers(root)
-    grads = {id(root): grad}
-    owned = set()  # ids whose gradient array the engine may write into / give away
-    ready = [root]
+    grads = {}  # id -> the sum so far, for tensors still waiting for consumers
+    owned = set()  # ids whose summed gradient the engine may write into / give away
+    ready = [(root, grad)]  # tensors whose gradient is complete
+    ndarray = np.ndarray
     while ready:
-        t = ready.pop()
-        g = grads.pop(id(t))
+        t, g = ready.pop()
         backward = t._backward
         if not retain_graph:
             t._backward = None
@@ -96,19 +96,21 @@ def run_backward(root, grad, retain_graph):
             if inp is None:
                 continue
             data = inp.data
-            if type(gi) is not np.ndarray or gi.dtype != data.dtype or gi.shape != data.shape:
+            if type(gi) is not ndarray or gi.dtype != data.dtype or gi.shape != data.shape:
                 gi = _arrived(inp, gi, backward)
             j = id(inp)
             n = pending[j] - 1
+            if n == 0 and j not in grads:  # its only consumer: complete, nothing to sum
+                if inp._inputs is None:
+                    _accumulate_leaf(inp, gi, gi is not g and gi.base is None)
+                else:
+                    ready.append((inp, gi))
+                continue
             pending[j] = n
             prev = grads.get(j)
             if prev is None:
-                fresh = gi is not g and gi.base is None
-                if n == 0 and inp._inputs is None:  # a leaf with one consumer: done
-                    _accumulate_leaf(inp, gi, fresh)
-                    continue
                 grads[j] = gi
-                if fresh:
+                if gi is not g and gi.base is None:
                     owned.add(j)
             elif j in owned:
                 np.add(prev, gi, out=prev)
@@ -123,4 +125,4 @@ def run_backward(root, grad, retain_graph):
                 if inp._inputs is None:
                     _accumulate_leaf(inp, grads.pop(j), j in owned)
                 else:
-                    ready.append(inp)
+                    ready.append((inp, grads.pop(j)))
