@@ -534,3 +534,29 @@ def test_training_a_small_net_with_autograd_lowers_the_loss(rng):
         opt.step(params)
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
+
+
+@pytest.mark.parametrize("layout", ["strided", "readonly"])
+def test_non_contiguous_and_read_only_data_give_the_same_gradients(rng, layout):
+    x = rng.standard_normal((5, 4))
+    w = rng.standard_normal((4, 3))
+
+    def grads(x_data, w_data):
+        W = Tensor(w_data, requires_grad=True)
+        X = Tensor(x_data, requires_grad=True)
+        loss = softmax_cross_entropy(sigmoid(linear(relu(X), W)) @ W.T @ W, [0, 1, 2, 0, 1])
+        loss.backward()
+        return loss.item(), X.grad, W.grad
+
+    if layout == "strided":
+        xv, wv = np.asfortranarray(x), np.empty((4, 6))[:, ::2]
+        wv[...] = w
+    else:
+        xv, wv = x.copy(), w.copy()
+        xv.setflags(write=False)
+        wv.setflags(write=False)
+    expected = grads(x, w)
+    got = grads(xv, wv)
+    assert got[0] == pytest.approx(expected[0], rel=1e-14)
+    for a, b in zip(got[1:], expected[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
