@@ -25,7 +25,8 @@ Optimizer classes
 -----------------
 :class:`SGD`, :class:`Adam` and :class:`RMSProp` take PyTorch's hyper-parameter names and
 semantics and update a dict of parameters IN PLACE from a dict of gradients:
-``opt.step(params, grads)``.  Per-parameter state is created lazily on the first step.
+``opt.step(params, grads)``, or a list or dict of ``fastbp.autograd`` leaf tensors from their
+``.grad``: ``opt.step(params)``.  Per-parameter state is created lazily on the first step.
 
 Validation happens before anything is written: a bad hyper-parameter, shape, dtype, key or state
 raises ValueError/TypeError (naming it) and leaves w, the parameters, `config` and the optimizer
