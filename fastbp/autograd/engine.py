@@ -33,24 +33,25 @@ _FREED = ("backward: the graph was already freed by an earlier backward pass (th
 
 
 def _consumers(root):
-    """{id(tensor): number of recorded edges into it} over the graph below `root`."""
+    """{id(tensor): number of recorded edges into it} over the graph below `root` (a non-leaf).
+
+    Raises RuntimeError if a node on the way was freed by an earlier pass.
+    """
     counts = {}
     stack = [root]
     while stack:
         t = stack.pop()
-        inputs = t._inputs
-        if inputs is None:
-            continue
         if t._backward is None:
             raise RuntimeError(_FREED)
-        for inp in inputs:
+        for inp in t._inputs:
             if inp is None:
                 continue
             key = id(inp)
             n = counts.get(key)
             if n is None:
                 counts[key] = 1
-                stack.append(inp)
+                if inp._inputs is not None:  # leaves have nothing below them
+                    stack.append(inp)
             else:
                 counts[key] = n + 1
     return counts
