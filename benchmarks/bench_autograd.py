@@ -63,7 +63,7 @@ def autograd_mlp_step(sizes, x, y, weights):
 
 
 def residual_problem(width, blocks, batch, n_in=784, n_out=10, dtype=np.float32, seed=0):
-    """A batch and He-normal weights for ``n_in -> width``, `blocks` residual blocks, ``-> n_out``."""
+    """A batch and He-normal weights: ``n_in -> width``, `blocks` residual blocks, ``-> n_out``."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, n_in)).astype(dtype)
     y = rng.integers(0, n_out, batch)

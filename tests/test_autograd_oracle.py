@@ -108,7 +108,8 @@ def _program(rng, n_ops=14):
     for i in range(n_ops):
         n_values = 4 + i
         if rng.random() < 0.5:
-            steps.append((str(rng.choice(binary)), tuple(int(j) for j in rng.integers(0, n_values, 2))))
+            args = tuple(int(j) for j in rng.integers(0, n_values, 2))
+            steps.append((str(rng.choice(binary)), args))
         else:
             steps.append((str(rng.choice(unary)), (int(rng.integers(0, n_values)),)))
     return steps
@@ -125,7 +126,8 @@ def _fastbp_ops(W, b):
         "gelu_tanh": lambda x: ag.gelu(x, approximate="tanh"),
         "square": lambda x: x ** 2, "cube": lambda x: ag.tanh(x) ** 3.0, "neg": lambda x: -x,
         "sum0": lambda x: x.sum(axis=0, keepdims=True) * 0.5,
-        "mean1": lambda x: x.mean(axis=-1, keepdims=True), "max0": lambda x: x.max(axis=0, keepdims=True),
+        "mean1": lambda x: x.mean(axis=-1, keepdims=True),
+        "max0": lambda x: x.max(axis=0, keepdims=True),
         "linear": lambda x: ag.tanh(ag.linear(x + Z, W, b)),
         "gram": lambda x: (x + Z) @ ((x + Z).T @ ag.tanh(x + Z)) * 0.1,
         "rows": lambda x: (x + Z)[[0, 2, 2, 1]],
