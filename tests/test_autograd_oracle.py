@@ -171,8 +171,17 @@ def _run(program, values, ops, losses, scale):
             + mse(ops["add"](last, other), ops["mul"](other, other)))
 
 
+N_TRIALS = 12
+
+
+def test_the_random_programs_cover_every_op():
+    used = {op for trial in range(N_TRIALS)
+            for op, _ in _program(np.random.default_rng(SEED + trial))}
+    assert used == set(_fastbp_ops(None, None))
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e4], ids=["logits ~1", "logits ~1e4"])
-@pytest.mark.parametrize("trial", range(12))
+@pytest.mark.parametrize("trial", range(N_TRIALS))
 def test_random_dags_match_pytorch(trial, scale):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(SEED + trial)
