@@ -269,6 +269,17 @@ def test_no_grad_records_nothing_as_context_and_decorator():
     assert x.grad is None
 
 
+def test_no_grad_decorator_restores_the_mode_after_recursion():
+    @no_grad()
+    def depth(n):
+        assert not fastbp.autograd.is_grad_enabled()
+        return 0 if n == 0 else 1 + depth(n - 1)
+
+    assert depth(3) == 3
+    assert fastbp.autograd.is_grad_enabled()
+    assert depth.__name__ == "depth"
+
+
 def test_no_grad_restores_the_mode_after_an_exception_and_nests():
     with pytest.raises(ZeroDivisionError):
         with no_grad():

@@ -22,7 +22,7 @@ d. The operators (``+ - * / @ **``, indexing, ``sum``, ``relu``...) are the func
    nothing about any op, so it imports none of them (no import circle).
 """
 
-import contextlib
+import functools
 import threading
 
 import numpy as np
@@ -55,10 +55,11 @@ def is_grad_enabled():
     return _mode.enabled
 
 
-class no_grad(contextlib.ContextDecorator):
+class no_grad:
     """Record no graph inside a ``with`` block or a decorated function (this thread only).
 
-    Ops still compute their results, which then do not require grad.
+    Ops still compute their results, which then do not require grad.  A decorated function
+    enters a fresh ``no_grad`` on every call, so recursion and threads restore the mode right.
 
     Examples
     --------
@@ -78,6 +79,14 @@ class no_grad(contextlib.ContextDecorator):
     def __exit__(self, *exc):
         _mode.enabled = self._previous
         return False
+
+    def __call__(self, func):
+        @functools.wraps(func)
+        def without_grad(*args, **kwargs):
+            with no_grad():
+                return func(*args, **kwargs)
+
+        return without_grad
 
 
 def _numeric(a, name):
