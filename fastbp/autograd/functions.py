@@ -85,11 +85,14 @@ def _array(out):
     return out if type(out) is np.ndarray else np.asarray(out)
 
 
-def _float(a, name, dtype=None):
-    """`a` as a C-contiguous float32/float64 array (integers -> float64); no copy if it is."""
+def _float(a, dtype=None):
+    """Numeric ndarray `a` as a C-contiguous float32/float64 array (integers -> float64), for
+    the kernels; no copy when it already is one."""
     if dtype is None:
         dtype = a.dtype if a.dtype in _FLOATS else val.compute_dtype(a)
-    return val.as_float(a, name, dtype)
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype)
+    return a
 
 
 def _unbroadcast(g, shape):
@@ -232,8 +235,8 @@ def matmul(a, b):
         raise ValueError(f"matmul: shapes {ad.shape} and {bd.shape} do not match: "
                          f"{ad.shape[-1]} (last of a) != {bd.shape[0]} (first of b)")
     dtype = val.compute_dtype(ad, bd)
-    a2 = _float(ad, "a", dtype).reshape(-1 if ad.ndim == 2 else 1, ad.shape[-1])
-    b2 = _float(bd, "b", dtype).reshape(bd.shape[0], -1 if bd.ndim == 2 else 1)
+    a2 = _float(ad, dtype).reshape(-1 if ad.ndim == 2 else 1, ad.shape[-1])
+    b2 = _float(bd, dtype).reshape(bd.shape[0], -1 if bd.ndim == 2 else 1)
     out_shape = ad.shape[:-1] + bd.shape[1:]
     out = np.empty(out_shape, dtype)
     k = kernels()
@@ -387,7 +390,7 @@ def _activation(x, kernel, saves_output, *scalars):
     """Run ``<kernel>_forward``; backward runs ``<kernel>_backward`` on the saved output (sigmoid,
     tanh) or input (the others), as the kernels document."""
     xd, tx = _array_operand(x, "x")
-    xd = _float(xd, "x")
+    xd = _float(xd)
     out = np.empty(xd.shape, xd.dtype)
     getattr(kernels(), kernel + "_forward")(xd.ravel(), out.ravel(), *scalars,
                                             threads_for(out.size))
@@ -487,9 +490,9 @@ def linear(x, W, b=None):
     dtype = xd.dtype
     if not (dtype in _FLOATS and wd.dtype == dtype and (bd is None or bd.dtype == dtype)):
         dtype = val.compute_dtype(*(a for a in (xd, wd, bd) if a is not None))
-    xd, wd = _float(xd, "x", dtype), _float(wd, "W", dtype)
+    xd, wd = _float(xd, dtype), _float(wd, dtype)
     if bd is not None:
-        bd = _float(bd, "b", dtype)
+        bd = _float(bd, dtype)
     out = np.empty((xd.shape[0], wd.shape[1]), dtype)
     kernels().linear_forward(xd, wd, bd, out, threads_for(out.size))
     if tx is None and tw is None and tb is None:
@@ -515,7 +518,7 @@ def _scores(scores, fn, name):
         raise ValueError(f"{fn}: {name} must be 2-D (N, C), got shape {sd.shape}")
     if sd.shape[0] == 0:
         raise ValueError(f"{fn}: {name} is an empty batch (N = 0): the mean loss is undefined")
-    return _float(sd, name), ts
+    return _float(sd), ts
 
 
 def _fused_loss(kernel, pred, ts, second, scale):
@@ -594,8 +597,8 @@ def mse(pred, target):
     dtype = val.compute_dtype(pd, td)
     shape = pd.shape
     rows = (shape[0], -1) if pd.ndim else (1, 1)
-    p2 = _float(pd, "pred", dtype).reshape(rows)
-    t2 = _float(td, "target", dtype).reshape(rows)
+    p2 = _float(pd, dtype).reshape(rows)
+    t2 = _float(td, dtype).reshape(rows)
     out, grad = _fused_loss("mse", p2, tp if tp is not None else tt, t2, 1.0 / pd.size)
     if tp is None and tt is None:
         return make(out)
@@ -634,7 +637,7 @@ def dropout(x, p, seed):
     if not 0 <= seed < 2**64:
         raise ValueError(f"dropout: seed must lie in [0, 2**64), got {seed}")
     xd, tx = _array_operand(x, "x")
-    xd = _float(xd, "x")
+    xd = _float(xd)
     out = np.empty(xd.shape, xd.dtype)
     mask = np.empty(xd.shape, xd.dtype)
     kernels().dropout_forward(xd.ravel(), out.ravel(), mask.ravel(), 1.0 - p, int(seed),
