@@ -16,12 +16,14 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import layers, nn, optim
+from . import autograd
 from ._config import get_num_threads, set_num_threads, show_config
 from ._kernels import openmp_enabled
 from .backend import CheckError, get_backend, set_backend, use_backend
 
 __all__ = [
     "CheckError",
+    "autograd",
     "get_backend",
     "get_num_threads",
     "layers",

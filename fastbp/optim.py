@@ -25,7 +25,8 @@ Optimizer classes
 -----------------
 :class:`SGD`, :class:`Adam` and :class:`RMSProp` take PyTorch's hyper-parameter names and
 semantics and update a dict of parameters IN PLACE from a dict of gradients:
-``opt.step(params, grads)``.  Per-parameter state is created lazily on the first step.
+``opt.step(params, grads)``, or a list or dict of ``fastbp.autograd`` leaf tensors from their
+``.grad``: ``opt.step(params)``.  Per-parameter state is created lazily on the first step.
 
 Validation happens before anything is written: a bad hyper-parameter, shape, dtype, key or state
 raises ValueError/TypeError (naming it) and leaves w, the parameters, `config` and the optimizer
@@ -390,6 +391,34 @@ def adam(w, dw, config=None):
 # optimizer classes
 
 
+def _tensor_arrays(tensors):
+    """``(params, grads)`` dicts of arrays from a list or dict of autograd leaf tensors.
+
+    A tensor is recognised by what it has (an ndarray ``data`` and a ``grad``), so this module
+    needs no import of fastbp.autograd (which sits above it).  Tensors without a grad are left
+    out.
+    """
+    if isinstance(tensors, Mapping):
+        items = list(tensors.items())
+    elif isinstance(tensors, (list, tuple)):
+        items = list(enumerate(tensors))
+    else:
+        raise TypeError(f"params must be a dict of arrays or a list/dict of tensors, got "
+                        f"{type(tensors).__name__}")
+    params, grads = {}, {}
+    for key, t in items:
+        if not (isinstance(getattr(t, "data", None), np.ndarray) and hasattr(t, "grad")):
+            raise TypeError(f"params[{key!r}] is a {type(t).__name__}: without grads, params "
+                            "must be autograd tensors (pass grads=... for arrays)")
+        if not getattr(t, "is_leaf", True):
+            raise ValueError(f"params[{key!r}] is not a leaf tensor (it was computed from "
+                             "others); optimize the leaves")
+        if t.grad is not None:
+            params[key], grads[key] = t.data, t.grad
+    return params, grads
+
+
+
 class Optimizer:
     """Base class of the optimizers: per-parameter state, validation, state_dict.
 
@@ -454,16 +483,20 @@ class Optimizer:
         """The current hyper-parameters as a dict (name -> value), in constructor order."""
         return {name: getattr(self, name) for name in self._hyper}
 
-    def step(self, params, grads):
+    def step(self, params, grads=None):
         """Update every parameter IN PLACE from its gradient (one fused kernel pass each).
 
         Parameters
         ----------
-        params : dict of str -> ndarray
-            C-contiguous, writeable float32/float64 arrays; updated in place.
-        grads : dict of str -> ndarray
+        params : dict of str -> ndarray, or list / dict of autograd tensors
+            C-contiguous, writeable float32/float64 arrays; updated in place.  Leaf
+            ``fastbp.autograd.Tensor`` objects (anything with an ndarray ``data`` and a ``grad``)
+            are updated in place from their ``.grad``; those whose grad is None are skipped, as
+            in PyTorch.  A list's state is keyed by position.
+        grads : dict of str -> ndarray, optional
             The same keys; each gradient has its parameter's shape and dtype (read-only or
-            non-contiguous gradients are fine: they are copied to a contiguous buffer).
+            non-contiguous gradients are fine: they are copied to a contiguous buffer).  Omit
+            it for tensors.
 
         Raises
         ------
@@ -482,6 +515,8 @@ class Optimizer:
         checked before the first parameter is touched, so an error leaves all of it unchanged.
         """
         hp = self._validate(**self.hyperparameters())
+        if grads is None:
+            params, grads = _tensor_arrays(params)
         work = self._checked(params, grads)
         needed = self._arrays_needed(hp)
         for name, p, g in work:
