@@ -90,6 +90,9 @@ HIDDEN_ACTIVATIONS = {
     "gelu": nn.GELU,
 }
 
+#: What validate_data accepts as is (anything else becomes float64, as in scikit-learn).
+_INPUT_DTYPES = (np.float64, np.float32)
+
 #: Rows per forward pass in predict: bounds the hidden buffers a large X leaves in the model.
 _PREDICT_ROWS = 4096
 
@@ -247,8 +250,8 @@ class _Solver:
 # ------------------------------------------------------------------------------- estimators
 
 
-#: a built network: the Sequential, its Linear layers, the hidden activation it was built for
-_Network = namedtuple("_Network", "model linears activation")
+#: a built network: the Sequential, its Linear layers, (activation, dtype) it was built for
+_Network = namedtuple("_Network", "model linears key")
 
 
 class _BaseMLP(BaseEstimator):
@@ -265,7 +268,7 @@ class _BaseMLP(BaseEstimator):
         """The fastbp Sequential whose parameters are coefs_ / intercepts_ (rebuilt when they
         or the activation changed, e.g. after unpickling)."""
         net = self.__dict__.get("_model")
-        if net is not None and net.activation == self.activation and len(net.linears) == len(
+        if net is not None and net.key == (self.activation, self.dtype) and len(net.linears) == len(
                 self.coefs_) and all(lin.params["W"] is w and lin.params["b"] is b for lin, w, b
                                      in zip(net.linears, self.coefs_, self.intercepts_)):
             return net.model
@@ -282,7 +285,7 @@ class _BaseMLP(BaseEstimator):
             linears.append(lin)
             if activation is not None and i < len(self.coefs_) - 1:
                 layers.append(activation())
-        self._model = _Network(nn.Sequential(*layers), linears, self.activation)
+        self._model = _Network(nn.Sequential(*layers), linears, (self.activation, self.dtype))
         return self._model.model
 
     def _init_coef(self, fan_in, fan_out, dtype):
@@ -330,13 +333,15 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {hidden}.")
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        X = self._compute_array(X)
         if y.ndim == 1:
             y = y.reshape((-1, 1))
-        if not first_pass and (y.shape[1] != self.n_outputs_
-                               or X.dtype != self.coefs_[0].dtype):
-            raise ValueError(
-                f"y has {y.shape[1]} outputs and the model {self.n_outputs_}, or dtype changed "
-                f"from {self.coefs_[0].dtype} to {X.dtype}: refit with warm_start=False")
+        if not first_pass and y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {y.shape[1]} outputs, the fitted model "
+                             f"{self.n_outputs_}: refit with warm_start=False")
+        if not first_pass and X.dtype != self.coefs_[0].dtype:
+            raise ValueError(f"dtype={self.dtype!r} differs from the fitted weights' "
+                             f"{self.coefs_[0].dtype}: refit with warm_start=False")
         layer_units = [X.shape[1]] + hidden + [y.shape[1]]
         self._random_state = check_random_state(self.random_state)
         if first_pass:
@@ -496,16 +501,30 @@ class _BaseMLP(BaseEstimator):
 
     # ---------------------------------------------------------------------- prediction
 
-    def _validate_X(self, X):
-        return validate_data(self, X, dtype=np.dtype(self.dtype), order="C", reset=False)
+    def _compute_array(self, X):
+        """Validated X (float32 or float64) as a C-contiguous array of ``dtype``."""
+        dtype = np.dtype(self.dtype)
+        if X.dtype == dtype and X.flags.c_contiguous:
+            return X
+        converted = np.ascontiguousarray(X, dtype=dtype)
+        if converted.dtype.itemsize < X.dtype.itemsize and not np.isfinite(converted).all():
+            raise ValueError(f"X holds values too large for {dtype}: rescale X or use "
+                             "dtype='float64'")
+        return converted
 
     def _forward(self, X):
-        """Output-layer activations (n_samples, n_outputs) for validated X, in batches."""
+        """Output-layer activations (n_samples, n_outputs) for validated X, computed in
+        ``dtype`` in batches and returned in X's dtype (scikit-learn's: float32 X gives
+        float32, anything else float64)."""
         model = self._network()
-        out = np.empty((X.shape[0], self.n_outputs_), np.dtype(self.dtype))
+        x = self._compute_array(X)
+        out = np.empty((X.shape[0], self.n_outputs_), x.dtype)
         for batch in gen_batches(X.shape[0], _PREDICT_ROWS):
-            out[batch] = model.forward(X[batch])
-        return OUTPUTS[self.out_activation_].link(out)
+            out[batch] = model.forward(x[batch])
+        return OUTPUTS[self.out_activation_].link(out).astype(X.dtype, copy=False)
+
+    def _validate_X(self, X):
+        return validate_data(self, X, dtype=_INPUT_DTYPES, reset=False)
 
     def _score_with_function(self, X, y, score_function):
         y_pred = self._predict(X)
@@ -591,8 +610,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return np.ascontiguousarray(y, dtype=np.dtype(self.dtype))
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, multi_output=True, dtype=np.dtype(self.dtype),
-                             order="C", reset=reset)
+        X, y = validate_data(self, X, y, multi_output=True, dtype=_INPUT_DTYPES, reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
@@ -739,7 +757,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
-                             dtype=np.dtype(self.dtype), order="C", reset=reset)
+                             dtype=_INPUT_DTYPES, reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y
