@@ -43,6 +43,7 @@ when loaded: only load files you trust.  fastbp's own model files (``Module.save
 ``.npz``, no pickle) are the safe format for a bare ``fastbp.nn`` network.
 """
 
+import re
 import warnings
 from collections import namedtuple
 from itertools import chain
@@ -51,13 +52,16 @@ from numbers import Real
 import numpy as np
 
 try:
-    from sklearn.base import (BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context,
-                              is_classifier)
-except ImportError as e:  # pragma: no cover - exercised in a subprocess by the tests
+    import sklearn
+except ImportError as e:  # exercised in a subprocess by the tests
     raise ImportError(
-        'fastbp.sklearn needs scikit-learn (>= 1.6): pip install "fastbp[sklearn]"'
-    ) from e
+        'fastbp.sklearn needs scikit-learn (>= 1.6): pip install "fastbp[sklearn]"') from e
+if tuple(map(int, re.match(r"(\d+)\.(\d+)", sklearn.__version__).groups())) < (1, 6):
+    raise ImportError(f"fastbp.sklearn needs scikit-learn >= 1.6 (validate_data, "
+                      f"__sklearn_tags__), found {sklearn.__version__}: "
+                      'pip install -U "fastbp[sklearn]"')
 from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
@@ -506,7 +510,8 @@ class _BaseMLP(BaseEstimator):
         dtype = np.dtype(self.dtype)
         if X.dtype == dtype and X.flags.c_contiguous:
             return X
-        converted = np.ascontiguousarray(X, dtype=dtype)
+        with np.errstate(over="ignore"):  # reported just below, as a ValueError
+            converted = np.ascontiguousarray(X, dtype=dtype)
         if converted.dtype.itemsize < X.dtype.itemsize and not np.isfinite(converted).all():
             raise ValueError(f"X holds values too large for {dtype}: rescale X or use "
                              "dtype='float64'")

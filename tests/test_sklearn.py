@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sklearn = pytest.importorskip("sklearn")
+sklearn = pytest.importorskip("sklearn", minversion="1.6")
 
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import make_regression  # noqa: E402
