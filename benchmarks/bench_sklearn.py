@@ -14,7 +14,7 @@ data, which it then trains in float32).
 Script mode runs every (implementation, case) in its OWN process, rounds alternating the order,
 and prints medians over rounds with each row's speed-up of fastbp over it::
 
-    python benchmarks/bench_sklearn.py --rounds 3            # add --cases digits to skip MNIST
+    python benchmarks/bench_sklearn.py --rounds 3 [--threads 1] [--cases digits]
 
 pytest-benchmark mode (in-process, one group per case and operation)::
 
@@ -77,8 +77,18 @@ def input_dtype(implementation):
     return np.float64 if implementation == "sklearn-float64" else np.float32
 
 
-def run(implementation, case, epochs=EPOCHS):
-    """Time one fit and one predict_proba; returns a dict of seconds and the training accuracy."""
+def run(implementation, case, epochs=EPOCHS, threads=None):
+    """Time one fit and one predict_proba; returns a dict of seconds and the training accuracy.
+
+    `threads` (None: the default, all cores) limits the BLAS pool for everyone and fastbp's
+    kernels (``fastbp.set_num_threads``) for fastbp."""
+    if threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        import fastbp
+
+        fastbp.set_num_threads(threads)
+        threadpool_limits(threads)
     X, y, X_predict = load_case(case)
     X = np.ascontiguousarray(X, input_dtype(implementation))
     X_predict = np.ascontiguousarray(X_predict, input_dtype(implementation))
@@ -133,7 +143,7 @@ def bench_sklearn_predict_proba(benchmark, case, implementation):
 
 def bench_script_mode_runs():
     """The process-per-implementation mode works (one tiny round, digits only)."""
-    rows = compare(["digits"], rounds=1, epochs=1)
+    rows = compare(["digits"], rounds=1, epochs=1, threads=1)
     assert {r["implementation"] for r in rows} == set(IMPLEMENTATIONS)
     assert all(r["fit_s"] > 0 and r["predict_proba_s"] > 0 for r in rows)
 
@@ -141,16 +151,18 @@ def bench_script_mode_runs():
 # ------------------------------------------------------------------------------ script mode
 
 
-def _in_own_process(implementation, case, epochs):
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", implementation, case, "--epochs", str(epochs)],
-        capture_output=True, text=True, check=False, env=os.environ)
+def _in_own_process(implementation, case, epochs, threads):
+    command = [sys.executable, __file__, "--worker", implementation, case, "--epochs",
+               str(epochs)] + (["--threads", str(threads)] if threads else [])
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=os.environ)
     if proc.returncode != 0:
         raise RuntimeError(f"{implementation} on {case} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), file=sys.stderr)  # progress
+    return result
 
 
-def compare(cases=CASES, rounds=3, epochs=EPOCHS):
+def compare(cases=CASES, rounds=3, epochs=EPOCHS, threads=None):
     """Median fit / predict_proba seconds per (case, implementation), each run in its own
     process, the order of implementations rotating every round."""
     rows = []
@@ -159,7 +171,7 @@ def compare(cases=CASES, rounds=3, epochs=EPOCHS):
         for r in range(rounds):
             order = IMPLEMENTATIONS[r % 3:] + IMPLEMENTATIONS[:r % 3]
             for name in order:
-                runs[name].append(_in_own_process(name, case, epochs))
+                runs[name].append(_in_own_process(name, case, epochs, threads))
         fastbp_fit = statistics.median(x["fit_s"] for x in runs["fastbp"])
         fastbp_predict = statistics.median(x["predict_proba_s"] for x in runs["fastbp"])
         for name, results in runs.items():
@@ -192,12 +204,15 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--cases", nargs="+", choices=CASES, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS and fastbp threads (default: all cores)")
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(run(*args.worker, epochs=args.epochs)))
+        print(json.dumps(run(*args.worker, epochs=args.epochs, threads=args.threads)))
         return
     cases = args.cases or [c for c in CASES if c != "mnist" or os.environ.get("FASTBP_MNIST_DIR")]
-    print(format_table(compare(cases, rounds=args.rounds, epochs=args.epochs)))
+    print(format_table(compare(cases, rounds=args.rounds, epochs=args.epochs,
+                               threads=args.threads)))
 
 
 if __name__ == "__main__":

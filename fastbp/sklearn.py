@@ -258,6 +258,13 @@ class _Solver:
 _Network = namedtuple("_Network", "model linears key")
 
 
+def _store_parameters(estimator, parameters):
+    """An ``__init__`` body: every constructor argument stored as given (scikit-learn's rule)."""
+    for name, value in parameters.items():
+        if name != "self":
+            setattr(estimator, name, value)
+
+
 class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: the network, the training loop, prediction."""
 
@@ -531,11 +538,31 @@ class _BaseMLP(BaseEstimator):
     def _validate_X(self, X):
         return validate_data(self, X, dtype=_INPUT_DTYPES, reset=False)
 
-    def _score_with_function(self, X, y, score_function):
+    def _score(self, X, y):
+        """The early-stopping score (accuracy or R²) of validated X; NaN for non-finite
+        predictions."""
         y_pred = self._predict(X)
         if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
             return np.nan
-        return score_function(y, y_pred)
+        return self._score_function(y, y_pred)
+
+    def predict(self, X):
+        """Class labels (n_samples,) (or (n_samples, n_labels) for multilabel), or regression
+        predictions (n_samples,) / (n_samples, n_outputs) in X's dtype (float32 X gives
+        float32, anything else float64, as scikit-learn).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before ``fit``.
+        ValueError
+            For invalid X (NaN, infinity, wrong shape) or a number of features other than at
+            fit time.
+        TypeError
+            For sparse X.
+        """
+        check_is_fitted(self)
+        return self._predict(self._validate_X(X))
 
 
 _PARAMETERS_DOC = """
@@ -573,6 +600,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                + _PARAMETERS_DOC.format(name="MLPClassifier", classes=", ``classes_``"))
 
     _parameter_constraints = _constraints(_SkMLPClassifier)
+    _score_function = staticmethod(accuracy_score)
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -581,30 +609,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype="float32"):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.dtype = dtype
+        _store_parameters(self, locals())
 
     def _output_activation(self):
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
@@ -671,27 +676,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             y_pred = y_pred.ravel()
         return self._label_binarizer.inverse_transform(y_pred)
 
-    def _score(self, X, y):
-        return self._score_with_function(X, y, accuracy_score)
-
-    def predict(self, X):
-        """Predicted class labels, (n_samples,) (or (n_samples, n_labels) for multilabel).
-
-        Raises
-        ------
-        sklearn.exceptions.NotFittedError
-            Before ``fit``.
-        ValueError
-            For invalid X or a number of features other than at fit time.
-        """
-        check_is_fitted(self)
-        return self._predict(self._validate_X(X))
-
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns in the order of ``classes_``.
 
         Binary problems give ``[1 - p, p]``; multilabel problems one probability per label.
-        Returned in ``dtype``.
+        Computed in ``dtype``, returned in X's dtype (float32 X gives float32, else float64).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError, ValueError, TypeError
+            As :meth:`predict`.
         """
         check_is_fitted(self)
         y_pred = self._forward(self._validate_X(X))
@@ -720,6 +714,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _parameter_constraints = {**_constraints(_SkMLPRegressor),
                               "loss": [StrOptions({"squared_error"})]}
+    _score_function = staticmethod(r2_score)
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
                  solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -728,31 +723,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype="float32"):
-        self.loss = loss
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.dtype = dtype
+        _store_parameters(self, locals())
 
     def _output_activation(self):
         return "identity"
@@ -782,22 +753,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _predict(self, X):
         y_pred = self._forward(X)
         return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
-
-    def _score(self, X, y):
-        return self._score_with_function(X, y, r2_score)
-
-    def predict(self, X):
-        """Predictions, (n_samples,) or (n_samples, n_outputs), in ``dtype``.
-
-        Raises
-        ------
-        sklearn.exceptions.NotFittedError
-            Before ``fit``.
-        ValueError
-            For invalid X or a number of features other than at fit time.
-        """
-        check_is_fitted(self)
-        return self._predict(self._validate_X(X))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
