@@ -21,7 +21,7 @@ Design
   heavy-ball SGD without L2, i.e. ``solver="sgd", alpha=0, nesterovs_momentum=False``).
 * Output layer and loss (``out_activation_``): softmax + cross-entropy for multiclass
   (fastbp's fused kernel); logistic + binary cross-entropy for binary and multilabel targets
-  (fastbp has no fused kernel for it: :class:`_LogisticLoss` composes the compiled sigmoid
+  (fastbp has no fused kernel for it: :func:`_logistic_rows` composes the compiled sigmoid
   with NumPy for the loss and ``(p - y) / N``); identity + squared error for regression
   (``nn.MSELoss``).
 * scikit-learn's optimizers expressed with ``fastbp.optim`` (:class:`_Solver`): its gradient
@@ -34,7 +34,10 @@ Design
   exact.
 * ``loss_`` is scikit-learn's: cross-entropy (exact; scikit-learn clips probabilities at
   machine epsilon first) or half the mean squared error, plus the L2 term.
-* Not supported: ``solver="lbfgs"`` (NotImplementedError), ``sample_weight``, sparse input
+* ``sample_weight``: per-sample losses and gradient rows weighted by ``w_i / sum(w)`` over
+  the batch (:class:`_RowLoss`, NumPy over the compiled per-row kernels), the L2 term and
+  decay divided by the batch's weight sum, as scikit-learn does.
+* Not supported: ``solver="lbfgs"`` (NotImplementedError), sparse input
   (TypeError naming it), ``MLPRegressor(loss="poisson")``.
 
 Persistence: estimators pickle and unpickle (scikit-learn's convention; the fastbp network and
@@ -72,7 +75,7 @@ from sklearn.utils import check_random_state, column_or_1d, gen_batches, shuffle
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import _validation as val
 from . import nn, optim
@@ -115,28 +118,58 @@ def _constraints(sklearn_estimator):
 # ------------------------------------------------------------------------------ output layers
 
 
-class _LogisticLoss(nn._Loss):
-    """Sigmoid + binary cross-entropy on logits: summed over outputs, mean over samples.
+def _softmax_rows(scores, labels, grad, rows):
+    """Per-sample cross-entropy (rows) and its gradient softmax(z) - onehot(y) (grad)."""
+    kernels().softmax_cross_entropy(scores, val.as_labels(labels, "y", *scores.shape), grad,
+                                    rows, 1.0, threads_for(scores.size))
 
-    ``loss = sum(softplus(z) - y * z) / N`` (``np.logaddexp(0, z)`` never overflows) and
-    ``dz = (sigmoid(z) - y) / N`` (the compiled sigmoid kernel, then NumPy), scikit-learn's
-    ``binary_log_loss`` and its gradient.  fastbp has no fused kernel for this loss; it only
-    runs on the (N, n_outputs) logits, which are small next to the GEMMs.
+
+def _logistic_rows(scores, target, grad, rows):
+    """Per-sample binary cross-entropy summed over outputs, ``sum(softplus(z) - y * z)``
+    (``np.logaddexp(0, z)`` never overflows), and its gradient ``sigmoid(z) - y``: the
+    compiled sigmoid, then NumPy (fastbp has no fused kernel for this loss; it runs on the
+    (N, n_outputs) logits only, small next to the GEMMs)."""
+    target = val.as_float(target, "target", scores.dtype)
+    val.require_shape(target, "target", scores.shape)
+    kernels().sigmoid_forward(scores.reshape(-1), grad.reshape(-1), threads_for(scores.size))
+    np.sum(np.logaddexp(0, scores) - target * scores, axis=1, dtype=np.float64, out=rows)
+    grad -= target
+
+
+def _squared_rows(scores, target, grad, rows):
+    """Per-sample squared error summed over the D outputs and the gradient ``2 / D * (p - t)``
+    (MSELoss's convention, so weighted and unweighted steps share the solver's scaling)."""
+    target = val.as_float(target, "target", scores.dtype)
+    val.require_shape(target, "target", scores.shape)
+    kernels().mse(scores, target, grad, rows, 1.0 / scores.shape[1], threads_for(scores.size))
+
+
+class _RowLoss(nn._Loss):
+    """A loss given per-sample values and gradients (`rows_function`), averaged over the batch
+    with optional sample weights: ``y`` is the targets, or ``(targets, weights)``.
+
+    value = ``value_factor(D) * sum(w_i * row_i) / sum(w)``, gradient row i scaled by
+    ``w_i / sum(w)`` (``1 / N`` without weights): scikit-learn's weighted losses (``deltas *=
+    sample_weight``, divided by the weight sum).
     """
 
+    def __init__(self, rows_function, value_factor):
+        super().__init__()
+        self.rows_function = rows_function
+        self.value_factor = value_factor
+
     def forward(self, scores, target):
-        """Mean loss for logits (N, K) and 0/1 targets (N, K)."""
+        """Weighted mean loss for logits (N, K)."""
+        target, weights = target if isinstance(target, tuple) else (target, None)
         s = self._scores(scores)
-        t = val.as_float(target, "target", s.dtype)
-        val.require_shape(t, "target", s.shape)
         n = s.shape[0]
         grad = self._buf.get("grad", s.shape, s.dtype)
-        kernels().sigmoid_forward(s.reshape(-1), grad.reshape(-1), threads_for(s.size))
-        loss = np.sum(np.logaddexp(0, s) - t * s, dtype=np.float64) / n
-        grad -= t
-        grad *= 1.0 / n
+        rows = self._buf.get("rows", (n,), np.float64)
+        self.rows_function(s, target, grad, rows)
+        scale = np.full(n, 1.0 / n) if weights is None else weights / weights.sum()
+        grad *= scale.astype(s.dtype)[:, None]
         self._grad = grad
-        return float(loss)
+        return self.value_factor(s.shape[1]) * float(rows @ scale)
 
 
 def _softmax_inplace(z):
@@ -150,14 +183,30 @@ def _expit_inplace(z):
     return expit(z, out=z)
 
 
-#: loss: the fastbp loss class; grad_scale(D): its gradient over scikit-learn's for D outputs;
-#: value_scale: its value times this is scikit-learn's loss; link: the output activation
-_Output = namedtuple("_Output", "loss grad_scale value_scale link")
+def _one(d):
+    return 1.0
+
+
+def _per_output(d):
+    return 1.0 / d
+
+
+def _logistic_loss():
+    return _RowLoss(_logistic_rows, _one)
+
+
+#: loss: makes the unweighted fastbp loss (a native one where fastbp has it, so SGD can take
+#: the one-call step); weighted: makes the sample-weighted one; grad_scale(D): their gradient
+#: over scikit-learn's for D outputs; value_scale: their value times this is scikit-learn's
+#: loss; link: the output activation, in place
+_Output = namedtuple("_Output", "loss weighted grad_scale value_scale link")
 
 OUTPUTS = {
-    "softmax": _Output(nn.SoftmaxCrossEntropy, lambda d: 1.0, 1.0, _softmax_inplace),
-    "logistic": _Output(_LogisticLoss, lambda d: 1.0, 1.0, _expit_inplace),
-    "identity": _Output(nn.MSELoss, lambda d: 2.0 / d, 0.5, lambda z: z),
+    "softmax": _Output(nn.SoftmaxCrossEntropy, lambda: _RowLoss(_softmax_rows, _one), _one,
+                       1.0, _softmax_inplace),
+    "logistic": _Output(_logistic_loss, _logistic_loss, _one, 1.0, _expit_inplace),
+    "identity": _Output(nn.MSELoss, lambda: _RowLoss(_squared_rows, _per_output),
+                        lambda d: 2.0 / d, 0.5, lambda z: z),
 }
 
 
@@ -268,7 +317,7 @@ def _store_parameters(estimator, parameters):
 class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: the network, the training loop, prediction."""
 
-    _TRANSIENT = ("_model", "_loss")  # rebuilt on demand; never pickled
+    _TRANSIENT = ("_model",)  # rebuilt on demand; never pickled
 
     def __getstate__(self):
         return {k: v for k, v in super().__getstate__().items() if k not in self._TRANSIENT}
@@ -333,7 +382,7 @@ class _BaseMLP(BaseEstimator):
 
     # ----------------------------------------------------------------------- training
 
-    def _fit(self, X, y, incremental=False):
+    def _fit(self, X, y, sample_weight=None, incremental=False):
         if self.solver not in _STOCHASTIC_SOLVERS:
             raise NotImplementedError(
                 f"solver={self.solver!r} is not supported by fastbp.sklearn; use solver='adam' "
@@ -345,6 +394,8 @@ class _BaseMLP(BaseEstimator):
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         X = self._compute_array(X)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         if y.ndim == 1:
             y = y.reshape((-1, 1))
         if not first_pass and y.shape[1] != self.n_outputs_:
@@ -361,14 +412,14 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes={hidden} differs from the fitted "
                              f"{[c.shape[1] for c in self.coefs_[:-1]]}: refit with "
                              "warm_start=False")
-        self._fit_stochastic(X, y, incremental)
+        self._fit_stochastic(X, y, sample_weight, incremental)
         if not all(np.isfinite(w).all() for w in chain(self.coefs_, self.intercepts_)):
             raise ValueError(
                 "Solver produced non-finite parameter weights. The input data may"
                 " contain large values and need to be preprocessed.")
         return self
 
-    def _fit_stochastic(self, X, y, incremental):
+    def _fit_stochastic(self, X, y, sample_weight, incremental):
         output = OUTPUTS[self.out_activation_]
         if not incremental or not hasattr(self, "_solver"):
             self._solver = _Solver(self, output.grad_scale(self.n_outputs_))
@@ -377,9 +428,11 @@ class _BaseMLP(BaseEstimator):
         early_stopping = self.early_stopping
         if early_stopping:
             stratify = y if is_classifier(self) and self.n_outputs_ == 1 else None
-            X_train, X_val, y_train, y_val = train_test_split(
-                X, y, random_state=self._random_state, test_size=self.validation_fraction,
-                stratify=stratify)
+            arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            split = train_test_split(*arrays, random_state=self._random_state,
+                                     test_size=self.validation_fraction, stratify=stratify)
+            X_train, X_val, y_train, y_val = split[:4]
+            sw_train, sw_val = split[4:] if sample_weight is not None else (None, None)
             if X_val.shape[0] < 2:
                 raise ValueError(
                     "The validation set is too small. Increase 'validation_fraction' "
@@ -388,6 +441,7 @@ class _BaseMLP(BaseEstimator):
                 y_val = self._label_binarizer.inverse_transform(y_val)
         else:
             X_train, y_train, X_val, y_val = X, y, None, None
+            sw_train = sw_val = sample_weight
         targets = self._training_targets(y_train)
         n_samples = X_train.shape[0]
         sample_idx = np.arange(n_samples, dtype=int)
@@ -400,9 +454,7 @@ class _BaseMLP(BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
         model = self._network()
-        loss = self.__dict__.get("_loss")
-        if type(loss) is not output.loss:
-            loss = self._loss = output.loss()
+        loss = (output.loss if sw_train is None else output.weighted)()
         solver = self._solver
         try:
             self.n_iter_ = 0
@@ -412,11 +464,15 @@ class _BaseMLP(BaseEstimator):
                 accumulated_loss = 0.0
                 for batch in gen_batches(n_samples, batch_size):
                     rows = sample_idx[batch] if self.shuffle else batch
-                    x_batch = X_train[rows]
+                    x_batch, y_batch = X_train[rows], targets[rows]
                     n_batch = x_batch.shape[0]
-                    penalty = self._l2_penalty(n_batch)  # on the weights before the update
-                    solver.before_step(n_batch)
-                    value = model.train_step(x_batch, targets[rows], loss, solver.optimizer)
+                    weight_sum = n_batch  # scikit-learn's divisor of the gradient and L2 term
+                    if sw_train is not None:
+                        y_batch = (y_batch, sw_train[rows])
+                        weight_sum = float(y_batch[1].sum())
+                    penalty = self._l2_penalty(weight_sum)  # on the weights before the update
+                    solver.before_step(weight_sum)
+                    value = model.train_step(x_batch, y_batch, loss, solver.optimizer)
                     accumulated_loss += (value * output.value_scale + penalty) * n_batch
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / n_samples
@@ -424,7 +480,7 @@ class _BaseMLP(BaseEstimator):
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
                     print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-                self._update_no_improvement_count(early_stopping, X_val, y_val)
+                self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
                 solver.iteration_ends(self.t_)
                 if self._no_improvement_count > self.n_iter_no_change:
                     if early_stopping:
@@ -455,9 +511,9 @@ class _BaseMLP(BaseEstimator):
         squares = sum(float(np.vdot(w, w)) for w in self.coefs_)
         return 0.5 * self.alpha * squares / n_samples
 
-    def _update_no_improvement_count(self, early_stopping, X_val, y_val):
+    def _update_no_improvement_count(self, early_stopping, X_val, y_val, sw_val):
         if early_stopping:
-            score = self._score(X_val, y_val)
+            score = self._score(X_val, y_val, sw_val)
             self.validation_scores_.append(score)
             if self.verbose:
                 print("Validation score: %f" % score)
@@ -484,7 +540,7 @@ class _BaseMLP(BaseEstimator):
         return True
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.
 
         Parameters
@@ -493,6 +549,9 @@ class _BaseMLP(BaseEstimator):
             Dense input (converted to ``dtype``, C-contiguous); NaN and infinity are rejected.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels (2-D 0/1 indicators for multilabel) or regression targets.
+        sample_weight : array-like of shape (n_samples,), default None
+            Per-sample weights: each batch's loss, gradient and L2 term are divided by the
+            batch's weight sum instead of its size (scikit-learn's rule).
 
         Returns
         -------
@@ -508,7 +567,7 @@ class _BaseMLP(BaseEstimator):
         NotImplementedError
             For ``solver="lbfgs"``.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, sample_weight, incremental=False)
 
     # ---------------------------------------------------------------------- prediction
 
@@ -538,13 +597,13 @@ class _BaseMLP(BaseEstimator):
     def _validate_X(self, X):
         return validate_data(self, X, dtype=_INPUT_DTYPES, reset=False)
 
-    def _score(self, X, y):
+    def _score(self, X, y, sample_weight=None):
         """The early-stopping score (accuracy or R²) of validated X; NaN for non-finite
         predictions."""
         y_pred = self._predict(X)
         if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
             return np.nan
-        return self._score_function(y, y_pred)
+        return self._score_function(y, y_pred, sample_weight=sample_weight)
 
     def predict(self, X):
         """Class labels (n_samples,) (or (n_samples, n_labels) for multilabel), or regression
@@ -642,13 +701,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """Update the model with one epoch over (X, y).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
+        sample_weight : array-like of shape (n_samples,), default None
         classes : array of shape (n_classes,), default None
             Every class of all calls; required on the first call (ignored for multilabel y).
 
@@ -668,7 +728,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(classes)
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def _predict(self, X):
         y_pred = self._forward(X)
@@ -740,15 +800,15 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y):
-        """Update the model with one epoch over (X, y).
+    def partial_fit(self, X, y, sample_weight=None):
+        """Update the model with one epoch over (X, y), optionally weighted per sample.
 
         Raises
         ------
         ValueError
             For invalid input, or with ``early_stopping=True``.
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def _predict(self, X):
         y_pred = self._forward(X)
