@@ -32,12 +32,16 @@ Design
   one).  When the SGD learning rate changes (``invscaling``, ``adaptive``) the momentum
   buffers are rescaled by old / new, which keeps scikit-learn's velocity ``v = mu * v - lr * g``
   exact.
-* ``loss_`` is scikit-learn's: cross-entropy (exact; scikit-learn clips probabilities at
-  machine epsilon first) or half the mean squared error, plus the L2 term.
+* ``loss_`` is scikit-learn's: cross-entropy with probabilities clipped at machine epsilon, or
+  half the mean squared error, plus the L2 term.  Only where SGD can take the one-call step
+  (no sample weights, no L2, no Nesterov) fastbp's own exact cross-entropy is used: it differs
+  from the clipped one when a probability falls below epsilon.
 * ``sample_weight``: per-sample losses and gradient rows weighted by ``w_i / sum(w)`` over
   the batch (:class:`_RowLoss`, NumPy over the compiled per-row kernels), the L2 term and
   decay divided by the batch's weight sum, as scikit-learn does.
-* Not supported: ``solver="lbfgs"`` (NotImplementedError), sparse input
+* ``solver="lbfgs"``: SciPy's L-BFGS-B, as scikit-learn, each evaluation a full-batch fastbp
+  forward and backward (unfused: ``Sequential.forward`` / ``backward``).
+* Not supported: sparse input
   (TypeError naming it), ``MLPRegressor(loss="poisson")``.
 
 Persistence: estimators pickle and unpickle (scikit-learn's convention; the fastbp network and
@@ -63,6 +67,7 @@ if tuple(map(int, re.match(r"(\d+)\.(\d+)", sklearn.__version__).groups())) < (1
     raise ImportError(f"fastbp.sklearn needs scikit-learn >= 1.6 (validate_data, "
                       f"__sklearn_tags__), found {sklearn.__version__}: "
                       'pip install -U "fastbp[sklearn]"')
+import scipy.optimize
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning
@@ -75,6 +80,8 @@ from sklearn.utils import check_random_state, column_or_1d, gen_batches, shuffle
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import _validation as val
@@ -118,21 +125,32 @@ def _constraints(sklearn_estimator):
 # ------------------------------------------------------------------------------ output layers
 
 
+def _clip_log_loss(values, dtype):
+    """scikit-learn's log losses clip probabilities to [eps, 1 - eps] (eps of the dtype): each
+    -log(p) term lies in [-log(1 - eps), -log(eps)].  The gradient is not clipped."""
+    eps = np.finfo(dtype).eps
+    return np.clip(values, -np.log1p(-eps), -np.log(eps), out=values)
+
+
 def _softmax_rows(scores, labels, grad, rows):
-    """Per-sample cross-entropy (rows) and its gradient softmax(z) - onehot(y) (grad)."""
+    """Per-sample cross-entropy (rows, clipped as scikit-learn's) and its gradient
+    softmax(z) - onehot(y) (grad)."""
     kernels().softmax_cross_entropy(scores, val.as_labels(labels, "y", *scores.shape), grad,
                                     rows, 1.0, threads_for(scores.size))
+    _clip_log_loss(rows, scores.dtype)
 
 
 def _logistic_rows(scores, target, grad, rows):
     """Per-sample binary cross-entropy summed over outputs, ``sum(softplus(z) - y * z)``
-    (``np.logaddexp(0, z)`` never overflows), and its gradient ``sigmoid(z) - y``: the
+    (``np.logaddexp(0, z)`` never overflows; each term clipped as scikit-learn's), and its
+    gradient ``sigmoid(z) - y``: the
     compiled sigmoid, then NumPy (fastbp has no fused kernel for this loss; it runs on the
     (N, n_outputs) logits only, small next to the GEMMs)."""
     target = val.as_float(target, "target", scores.dtype)
     val.require_shape(target, "target", scores.shape)
     kernels().sigmoid_forward(scores.reshape(-1), grad.reshape(-1), threads_for(scores.size))
-    np.sum(np.logaddexp(0, scores) - target * scores, axis=1, dtype=np.float64, out=rows)
+    terms = _clip_log_loss(np.logaddexp(0, scores) - target * scores, scores.dtype)
+    np.sum(terms, axis=1, dtype=np.float64, out=rows)
     grad -= target
 
 
@@ -195,11 +213,11 @@ def _logistic_loss():
     return _RowLoss(_logistic_rows, _one)
 
 
-#: loss: makes the unweighted fastbp loss (a native one where fastbp has it, so SGD can take
-#: the one-call step); weighted: makes the sample-weighted one; grad_scale(D): their gradient
-#: over scikit-learn's for D outputs; value_scale: their value times this is scikit-learn's
-#: loss; link: the output activation, in place
-_Output = namedtuple("_Output", "loss weighted grad_scale value_scale link")
+#: native: makes fastbp's own loss (exact values, unweighted; lets plain SGD take the one-call
+#: compiled step); rows: makes the per-row loss (scikit-learn's clipped values, sample
+#: weights); grad_scale(D): their gradient over scikit-learn's for D outputs; value_scale:
+#: their value times this is scikit-learn's loss; link: the output activation, in place
+_Output = namedtuple("_Output", "native rows grad_scale value_scale link")
 
 OUTPUTS = {
     "softmax": _Output(nn.SoftmaxCrossEntropy, lambda: _RowLoss(_softmax_rows, _one), _one,
@@ -369,6 +387,8 @@ class _BaseMLP(BaseEstimator):
             self.intercepts_.append(intercept)
         self._best_coefs = [c.copy() for c in self.coefs_]
         self._best_intercepts = [i.copy() for i in self.intercepts_]
+        if self.solver not in _STOCHASTIC_SOLVERS:
+            return
         self.loss_curve_ = []
         self._no_improvement_count = 0
         if self.early_stopping:
@@ -383,10 +403,6 @@ class _BaseMLP(BaseEstimator):
     # ----------------------------------------------------------------------- training
 
     def _fit(self, X, y, sample_weight=None, incremental=False):
-        if self.solver not in _STOCHASTIC_SOLVERS:
-            raise NotImplementedError(
-                f"solver={self.solver!r} is not supported by fastbp.sklearn; use solver='adam' "
-                "or 'sgd' (or sklearn.neural_network for L-BFGS)")
         hidden = self.hidden_layer_sizes
         hidden = list(hidden) if hasattr(hidden, "__iter__") else [hidden]
         if np.any(np.array(hidden) <= 0):
@@ -412,7 +428,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes={hidden} differs from the fitted "
                              f"{[c.shape[1] for c in self.coefs_[:-1]]}: refit with "
                              "warm_start=False")
-        self._fit_stochastic(X, y, sample_weight, incremental)
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self._fit_stochastic(X, y, sample_weight, incremental)
+        else:
+            self._fit_lbfgs(X, y, sample_weight)
         if not all(np.isfinite(w).all() for w in chain(self.coefs_, self.intercepts_)):
             raise ValueError(
                 "Solver produced non-finite parameter weights. The input data may"
@@ -454,8 +473,9 @@ class _BaseMLP(BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
         model = self._network()
-        loss = (output.loss if sw_train is None else output.weighted)()
         solver = self._solver
+        compiled = sw_train is None and isinstance(solver.optimizer, optim.SGD)
+        loss = (output.native if compiled else output.rows)()
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
@@ -504,6 +524,42 @@ class _BaseMLP(BaseEstimator):
             for dst, src in zip(self.coefs_ + self.intercepts_,
                                 self._best_coefs + self._best_intercepts):
                 np.copyto(dst, src)
+
+    def _fit_lbfgs(self, X, y, sample_weight):
+        """scikit-learn's L-BFGS: SciPy's L-BFGS-B over the packed parameters (coefs, then
+        intercepts), each evaluation a full-batch forward / backward on the fastbp network."""
+        output = OUTPUTS[self.out_activation_]
+        model = self._network()
+        parameters = self.coefs_ + self.intercepts_
+        bounds = np.cumsum([0] + [p.size for p in parameters])
+        loss = output.rows()
+        targets = self._training_targets(y)
+        targets = targets if sample_weight is None else (targets, sample_weight)
+        weight_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        grad_scale = output.grad_scale(self.n_outputs_)
+
+        def loss_grad(packed):
+            for p, start, stop in zip(parameters, bounds[:-1], bounds[1:]):
+                p.reshape(-1)[:] = packed[start:stop]
+            value = loss.forward(model.forward(X), targets) * output.value_scale
+            model.backward(loss.backward())
+            net = self._model
+            grads = [lin.grads["W"] / grad_scale + self.alpha / weight_sum * lin.params["W"]
+                     for lin in net.linears]
+            grads += [lin.grads["b"] / grad_scale for lin in net.linears]
+            return value + self._l2_penalty(weight_sum), np.concatenate(
+                [g.reshape(-1) for g in grads])
+
+        iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
+        result = scipy.optimize.minimize(
+            loss_grad, np.concatenate([p.reshape(-1) for p in parameters]), method="L-BFGS-B",
+            jac=True, options={"maxfun": self.max_fun, "maxiter": self.max_iter,
+                               "gtol": self.tol,
+                               **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
+        self.loss_ = result.fun
+        for p, start, stop in zip(parameters, bounds[:-1], bounds[1:]):
+            p.reshape(-1)[:] = result.x[start:stop]
 
     def _l2_penalty(self, n_samples):
         if self.alpha == 0:
@@ -564,8 +620,6 @@ class _BaseMLP(BaseEstimator):
             For invalid X or y (scikit-learn's messages) or non-finite weights after training.
         TypeError
             For sparse X.
-        NotImplementedError
-            For ``solver="lbfgs"``.
         """
         return self._fit(X, y, sample_weight, incremental=False)
 
@@ -632,8 +686,8 @@ _PARAMETERS_DOC = """
     activation : {{"identity", "logistic", "tanh", "relu", "leaky_relu", "elu", "gelu"}}
         The hidden activation; the last three are fastbp's (``nn.LeakyReLU(0.01)``,
         ``nn.ELU(1.0)``, exact ``nn.GELU``).
-    solver : {{"adam", "sgd"}}
-        ``"lbfgs"`` passes validation but ``fit`` raises NotImplementedError.
+    solver : {{"lbfgs", "sgd", "adam"}}
+        ``"lbfgs"``: SciPy's L-BFGS-B over full-batch forward / backward passes.
     momentum : float in [0, 1)
     dtype : {{"float32", "float64"}}, default "float32"
         The dtype of the weights and of every computation (X is converted to it).
