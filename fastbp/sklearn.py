@@ -69,7 +69,8 @@ if tuple(map(int, re.match(r"(\d+)\.(\d+)", sklearn.__version__).groups())) < (1
                       'pip install -U "fastbp[sklearn]"')
 import scipy.optimize
 from scipy.special import expit
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context, is_classifier
+from sklearn.base import (BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context,
+                          is_classifier)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
@@ -78,9 +79,9 @@ from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d, gen_batches, shuffle
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
@@ -644,8 +645,8 @@ class _BaseMLP(BaseEstimator):
         model = self._network()
         x = self._compute_array(X)
         out = np.empty((X.shape[0], self.n_outputs_), x.dtype)
-        for batch in gen_batches(X.shape[0], _PREDICT_ROWS):
-            out[batch] = model.forward(x[batch])
+        for start in range(0, X.shape[0], _PREDICT_ROWS):  # (gen_batches validates: ~1 ms)
+            out[start:start + _PREDICT_ROWS] = model.forward(x[start:start + _PREDICT_ROWS])
         return OUTPUTS[self.out_activation_].link(out).astype(X.dtype, copy=False)
 
     def _validate_X(self, X):
