@@ -144,9 +144,8 @@ def _softmax_rows(scores, labels, grad, rows):
 def _logistic_rows(scores, target, grad, rows):
     """Per-sample binary cross-entropy summed over outputs, ``sum(softplus(z) - y * z)``
     (``np.logaddexp(0, z)`` never overflows; each term clipped as scikit-learn's), and its
-    gradient ``sigmoid(z) - y``: the
-    compiled sigmoid, then NumPy (fastbp has no fused kernel for this loss; it runs on the
-    (N, n_outputs) logits only, small next to the GEMMs)."""
+    gradient ``sigmoid(z) - y``: the compiled sigmoid, then NumPy (fastbp has no fused kernel
+    for this loss; it runs on the (N, n_outputs) logits only, small next to the GEMMs)."""
     target = val.as_float(target, "target", scores.dtype)
     val.require_shape(target, "target", scores.shape)
     kernels().sigmoid_forward(scores.reshape(-1), grad.reshape(-1), threads_for(scores.size))
@@ -347,10 +346,11 @@ class _BaseMLP(BaseEstimator):
         """The fastbp Sequential whose parameters are coefs_ / intercepts_ (rebuilt when they
         or the activation changed, e.g. after unpickling)."""
         net = self.__dict__.get("_model")
-        if net is not None and net.key == (self.activation, self.dtype) and len(net.linears) == len(
-                self.coefs_) and all(lin.params["W"] is w and lin.params["b"] is b for lin, w, b
-                                     in zip(net.linears, self.coefs_, self.intercepts_)):
-            return net.model
+        if net is not None and net.key == (self.activation, self.dtype):
+            built = [a for lin in net.linears for a in (lin.params["W"], lin.params["b"])]
+            current = [a for pair in zip(self.coefs_, self.intercepts_) for a in pair]
+            if len(built) == len(current) and all(a is b for a, b in zip(built, current)):
+                return net.model
         dtype = np.dtype(self.dtype)
         self.coefs_ = [np.ascontiguousarray(w, dtype) for w in self.coefs_]
         self.intercepts_ = [np.ascontiguousarray(b, dtype) for b in self.intercepts_]

@@ -263,6 +263,10 @@ def test_coefs_are_the_networks_parameters(digits):
     clf.coefs_[-1][:] = 0
     clf.intercepts_[-1][:] = np.arange(10)
     assert (clf.predict(X[:5]) == 9).all()
+    # arrays replaced by the user (any float dtype) are taken up, in the estimator's dtype
+    clf.intercepts_[-1] = np.arange(10.0)[::-1]
+    assert (clf.predict(X[:5]) == 0).all()
+    assert clf.intercepts_[-1].dtype == np.float32
 
 
 def test_output_dtypes_follow_the_input_like_scikit_learn(digits):
