@@ -37,6 +37,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import __version__, data, nn, optim
+from ._specs import CLASSIFICATION_LOSSES
+from .backend import BACKENDS
 from .io import architecture, load_model, save_model
 
 __all__ = [
@@ -448,7 +450,7 @@ def add_runtime_arguments(parser):
     group.add_argument("--threads", type=positive_int, metavar="N",
                        help="threads for fastbp's kernels and BLAS (default: what OpenMP "
                             "reports, capped at the usable cores)")
-    group.add_argument("--backend", choices=("compiled", "numpy", "checked"), default="compiled",
+    group.add_argument("--backend", choices=BACKENDS, default="compiled",
                        help="kernel implementation (default: %(default)s)")
 
 
@@ -474,7 +476,7 @@ def _add_train_arguments(p):
                        help="hidden layer widths, comma-separated (default: 256,128)")
     model.add_argument("--activation", choices=sorted(nn.ACTIVATIONS), default="relu",
                        help="hidden activation (default: %(default)s)")
-    model.add_argument("--loss", choices=("softmax", "svm"), default="softmax",
+    model.add_argument("--loss", choices=CLASSIFICATION_LOSSES, default="softmax",
                        help="softmax cross-entropy or multiclass hinge (default: %(default)s)")
     model.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="parameter and data dtype (default: %(default)s)")

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from . import _specs
 from ._config import threads_for
 from ._validation import (
     as_array, as_float, as_labels, compute_dtype, finite_real, require_shape, unpack_cache,
@@ -175,9 +176,11 @@ def _backward(kernel, dout, saved, saved_name, *scalars):
 
 
 def _approximate(value):
-    if value not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' or 'tanh', got {value!r}")
-    return value == "tanh"
+    """GELU's form, checked; the kernels' scalar for it."""
+    row = _specs.ACTIVATIONS["gelu"]
+    if value not in row.forms:
+        raise ValueError(f"approximate must be {' or '.join(map(repr, row.forms))}, got {value!r}")
+    return row.kernel_scalars(value)[0]
 
 
 def relu_forward(x):
@@ -278,14 +281,11 @@ def gelu_backward(dout, cache):
     return _backward("gelu_backward", dout, x, "cache x", _approximate(approximate))
 
 
-#: name -> (forward, backward, keyword of the extra parameter or None, its default)
+#: name -> (forward, backward, keyword of the extra parameter or None, its default), one entry
+#: per row of the spec table (fastbp._specs.ACTIVATIONS)
 ACTIVATIONS = {
-    "relu": (relu_forward, relu_backward, None, None),
-    "leaky_relu": (leaky_relu_forward, leaky_relu_backward, "alpha", 0.01),
-    "sigmoid": (sigmoid_forward, sigmoid_backward, None, None),
-    "tanh": (tanh_forward, tanh_backward, None, None),
-    "elu": (elu_forward, elu_backward, "alpha", 1.0),
-    "gelu": (gelu_forward, gelu_backward, "approximate", "none"),
+    name: (globals()[name + "_forward"], globals()[name + "_backward"], row.param, row.default)
+    for name, row in _specs.ACTIVATIONS.items()
 }
 
 

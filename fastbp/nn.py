@@ -25,9 +25,10 @@ from types import MappingProxyType
 
 import numpy as np
 
+from . import _specs
 from . import _validation as val
 from ._config import threads_for
-from ._fused_step import fused_train_step, fusion_plan
+from ._planner import StepCache, fused_train_step, fusion_plan
 from .backend import kernels
 
 __all__ = [
@@ -249,20 +250,51 @@ class Linear(Module):
             raise RuntimeError(f"{self!r}: backward called before forward")
         return self._x
 
+    @property
+    def fused_linear(self):
+        """True: the fused step may run this layer as its GEMM (False for a subclass that
+        overrides forward or backward, whose math the fused kernels would not know)."""
+        cls = type(self)
+        return cls.forward is Linear.forward and cls.backward is Linear.backward
+
 
 class _Activation(Module):
-    """Elementwise activation; ``kernel`` names the forward/backward kernels."""
+    """Elementwise activation described by its row of the spec table (``spec``,
+    fastbp._specs.ACTIVATIONS): the kernels it calls, what backward reads, how it fuses."""
 
-    kernel = None
-    saves_output = False  # backward reads the forward output (sigmoid, tanh) or its input
+    spec = None
 
     def __init__(self):
         self.params, self.grads = {}, {}
         self._buf = _Buffers()
         self._saved = None
 
+    @property
+    def kernel(self):
+        """The kernels' name: ``<kernel>_forward`` / ``<kernel>_backward``."""
+        return self.spec.name
+
+    @property
+    def saves_output(self):
+        """True when backward reads the forward output (sigmoid, tanh), else the input."""
+        return self.spec.backward_reads == "output"
+
+    def _parameter(self):
+        """The current value of the spec's parameter, checked (it may be set between steps)."""
+        return None
+
     def _scalars(self):
-        return ()
+        return self.spec.kernel_scalars(self._parameter())
+
+    @property
+    def fused_activation(self):
+        """How the fused kernels run this layer (fastbp._specs.FusedActivation), read from its
+        CURRENT parameter; None when they cannot (a subclass overriding forward or backward, or
+        a parameter value whose backward cannot be read from the output)."""
+        cls = type(self)
+        if cls.forward is not _Activation.forward or cls.backward is not _Activation.backward:
+            return None
+        return self.spec.fused(self._parameter())
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -292,7 +324,7 @@ class _Activation(Module):
 class ReLU(_Activation):
     """``max(x, 0)``; the derivative at 0 is 0."""
 
-    kernel = "relu"
+    spec = _specs.ACTIVATIONS["relu"]
 
 
 class _AlphaActivation(_Activation):
@@ -302,8 +334,8 @@ class _AlphaActivation(_Activation):
         super().__init__()
         self.alpha = val.finite_real(alpha, "alpha")
 
-    def _scalars(self):
-        return (self.alpha,)
+    def _parameter(self):
+        return val.finite_real(self.alpha, "alpha")
 
     def __repr__(self):
         return f"{type(self).__name__}(alpha={self.alpha})"
@@ -312,7 +344,7 @@ class _AlphaActivation(_Activation):
 class LeakyReLU(_AlphaActivation):
     """``x if x > 0 else alpha * x``."""
 
-    kernel = "leaky_relu"
+    spec = _specs.ACTIVATIONS["leaky_relu"]
 
     def __init__(self, alpha=0.01):
         super().__init__(alpha)
@@ -321,21 +353,19 @@ class LeakyReLU(_AlphaActivation):
 class Sigmoid(_Activation):
     """Logistic sigmoid (backward reads the saved output)."""
 
-    kernel = "sigmoid"
-    saves_output = True
+    spec = _specs.ACTIVATIONS["sigmoid"]
 
 
 class Tanh(_Activation):
     """tanh (backward reads the saved output)."""
 
-    kernel = "tanh"
-    saves_output = True
+    spec = _specs.ACTIVATIONS["tanh"]
 
 
 class ELU(_AlphaActivation):
     """``x if x > 0 else alpha * (exp(x) - 1)``."""
 
-    kernel = "elu"
+    spec = _specs.ACTIVATIONS["elu"]
 
     def __init__(self, alpha=1.0):
         super().__init__(alpha)
@@ -344,30 +374,26 @@ class ELU(_AlphaActivation):
 class GELU(_Activation):
     """GELU, exact (``approximate="none"``) or PyTorch's tanh approximation."""
 
-    kernel = "gelu"
+    spec = _specs.ACTIVATIONS["gelu"]
 
     def __init__(self, approximate="none"):
         super().__init__()
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
+        self._parameter()
 
-    def _scalars(self):
-        return (self.approximate == "tanh",)
+    def _parameter(self):
+        forms = self.spec.forms
+        if self.approximate not in forms:
+            raise ValueError(f"approximate must be {' or '.join(map(repr, forms))}, "
+                             f"got {self.approximate!r}")
+        return self.approximate
 
     def __repr__(self):
         return f"GELU(approximate={self.approximate!r})"
 
 
-#: activation name -> class (the CLI and MLP look names up here)
-ACTIVATIONS = {
-    "relu": ReLU,
-    "leaky_relu": LeakyReLU,
-    "sigmoid": Sigmoid,
-    "tanh": Tanh,
-    "elu": ELU,
-    "gelu": GELU,
-}
+#: activation name -> class (the CLI and MLP look names up here), one per spec-table row
+ACTIVATIONS = {name: globals()[row.nn_class] for name, row in _specs.ACTIVATIONS.items()}
 
 
 # --------------------------------------------------------------------------------------- losses
@@ -376,6 +402,9 @@ ACTIVATIONS = {
 class _Loss:
     """A loss: ``forward(pred, target) -> float`` (mean over the batch), ``backward() -> dpred``.
 
+    ``spec`` is its row of the spec table (fastbp._specs.LOSSES); ``kernel`` names its fused
+    loss + gradient kernel.
+
     The gradient is computed in the same fused pass as the loss and kept in a reused buffer.
 
     Parameters
@@ -383,6 +412,13 @@ class _Loss:
     check_finite : bool, default False
         Raise ValueError when the predictions hold NaN or infinity (before anything else runs).
     """
+
+    spec = None
+
+    @property
+    def kernel(self):
+        """The fused loss + gradient kernel's name."""
+        return self.spec.kernel
 
     def __init__(self, check_finite=False):
         self.check_finite = bool(check_finite)
@@ -414,7 +450,6 @@ class _Loss:
 
 
 class _ClassificationLoss(_Loss):
-    kernel = None
 
     def forward(self, scores, y):
         """Mean loss over the batch for scores (N, C) and integer labels y (N,) in [0, C)."""
@@ -431,17 +466,19 @@ class _ClassificationLoss(_Loss):
 class SoftmaxCrossEntropy(_ClassificationLoss):
     """Softmax cross-entropy on logits (PyTorch's ``CrossEntropyLoss``), mean over the batch."""
 
-    kernel = "softmax_cross_entropy"
+    spec = _specs.LOSSES["softmax"]
 
 
 class MulticlassHinge(_ClassificationLoss):
     """Multiclass SVM hinge loss with margin 1 (CS231n ``svm_loss``), mean over the batch."""
 
-    kernel = "svm_hinge"
+    spec = _specs.LOSSES["svm"]
 
 
 class MSELoss(_Loss):
     """Mean squared error over all elements (PyTorch's ``MSELoss``)."""
+
+    spec = _specs.LOSSES["mse"]
 
     def forward(self, pred, target):
         """``mean((pred - target)**2)`` for arrays of equal shape (N, D)."""
@@ -452,13 +489,13 @@ class MSELoss(_Loss):
         t = val.as_float(t, "target", p.dtype)
         grad = self._buf.get("grad", p.shape, p.dtype)
         rows = self._buf.get("rows", (p.shape[0],), np.float64)
-        loss = kernels().mse(p, t, grad, rows, 1.0 / p.size, threads_for(p.size))
+        loss = getattr(kernels(), self.kernel)(p, t, grad, rows, 1.0 / p.size, threads_for(p.size))
         self._grad = grad
         return float(loss)
 
 
-#: loss name -> class
-LOSSES = {"softmax": SoftmaxCrossEntropy, "svm": MulticlassHinge, "mse": MSELoss}
+#: loss name -> class, one per spec-table row
+LOSSES = {name: globals()[row.nn_class] for name, row in _specs.LOSSES.items()}
 
 
 # ----------------------------------------------------------------------------------- containers
@@ -481,7 +518,7 @@ class Sequential(Module):
                 raise TypeError(f"layer {i} is a {type(layer).__name__}, not a fastbp.nn.Module")
         self.layers = list(layers)
         self.criterion = criterion
-        self._fused_cache = {}
+        self._step_cache = StepCache()
 
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
@@ -564,14 +601,16 @@ class Sequential(Module):
             self.backward(loss.backward())
             optimizer.step(self.params, self.grads)
             return value
-        return fused_train_step(self, plan, x, y, loss, optimizer)
+        first = plan.stages[0].linear
+        if not (type(x) is np.ndarray and x.dtype == plan.dtype and x.flags.c_contiguous
+                and x.ndim == 2 and x.shape[1] == first.in_features):
+            x = first._input(x)
+        return fused_train_step(plan, self._step_cache, x, y, loss, optimizer)
 
     def _fusion_plan(self):
-        """The fused plan for the current layers (fastbp._fused_step.fusion_plan), cached."""
-        key = tuple(map(id, self.layers))
-        if key not in self._fused_cache:
-            self._fused_cache = {key: fusion_plan(self.layers)}
-        return self._fused_cache[key]
+        """The fused plan of the CURRENT layers (fastbp._planner.fusion_plan; derived on every
+        step, so an edit of the layers or of their parameters can never leave it stale)."""
+        return fusion_plan(self.layers)
 
     def _batches(self, x, batch_size):
         a = val.as_array(x, "x")
@@ -651,5 +690,37 @@ class MLP(Sequential):
             if i < len(sizes) - 2:
                 layers.append(ACTIVATIONS[activation](**activation_kwargs))
         super().__init__(*layers, criterion=LOSSES[loss]())
-        self.sizes = sizes
-        self.activation = activation
+        self._activation = activation
+
+    def _architecture(self):
+        """(sizes, activation name) read from the CURRENT layers; ValueError when they no longer
+        alternate Linear and one kind of activation (``model.layers`` was edited so)."""
+        layers, sizes, acts = self.layers, [], set()
+        for i, layer in enumerate(layers):
+            if i % 2 == 0 and not isinstance(layer, Linear):
+                break
+            if i % 2 == 1 and not isinstance(layer, _Activation):
+                break
+            if i % 2 == 0:
+                if sizes and sizes[-1] != layer.in_features:
+                    break
+                sizes[len(sizes) - 1:] = [layer.in_features, layer.out_features]
+            else:
+                acts.add(layer.spec.name)
+        else:
+            if len(layers) % 2 == 1 and len(acts) <= 1:
+                return sizes, acts.pop() if acts else self._activation
+        raise ValueError(
+            f"this MLP's layers were edited into something that is not Linear -> activation -> "
+            f"... -> Linear with one activation: {[type(layer).__name__ for layer in layers]}"
+        )
+
+    @property
+    def sizes(self):
+        """``[in_features, hidden_1, ..., n_outputs]``, read from the current layers."""
+        return self._architecture()[0]
+
+    @property
+    def activation(self):
+        """The hidden activation's name (a key of :data:`ACTIVATIONS`), from the current layers."""
+        return self._architecture()[1]

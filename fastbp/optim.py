@@ -37,6 +37,7 @@ state unchanged.  Every update is one fused kernel pass per parameter array
 import math
 import numbers
 from collections.abc import Mapping
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -390,6 +391,26 @@ def adam(w, dw, config=None):
 # optimizer classes
 
 
+class GemmFold(NamedTuple):
+    """How a fused step folds one parameter's update into its gradient GEMM: the GEMM computes
+    ``target := scale * gradient + beta * target``, then ``finish()`` (if not None) completes
+    the update."""
+
+    target: np.ndarray
+    scale: float
+    beta: float
+    finish: Optional[Callable[[], None]]
+
+
+class FusedUpdate(NamedTuple):
+    """An update the one-call compiled step runs itself: heavy-ball SGD with these (checked)
+    hyper-parameters; ``state_key`` names the velocity in ``state[name]`` (None: no state)."""
+
+    lr: float
+    momentum: float
+    state_key: Optional[str]
+
+
 class Optimizer:
     """Base class of the optimizers: per-parameter state, validation, state_dict.
 
@@ -443,11 +464,19 @@ class Optimizer:
     def gemm_fold(self, name, param):
         """How a fused step may fold this parameter's update into its gradient GEMM.
 
-        Returns ``(target, scale, beta, finish)``: the GEMM computes
+        Returns a :class:`GemmFold` ``(target, scale, beta, finish)``: the GEMM computes
         ``target := scale * gradient + beta * target``, then ``finish()`` (if not None)
         completes the update; or None when the update needs the gradient itself (then the
         caller fills ``grads`` and calls :meth:`step`).  The base class folds nothing.
         """
+        return None
+
+    def fused_update(self):
+        """The :class:`FusedUpdate` the one-call compiled step may run instead of :meth:`step`,
+        or None (the base class: the step then calls :meth:`step`).  Validates the
+        hyper-parameters first (they may have been set since construction), raising as
+        :meth:`step` would."""
+        self._validate(**self.hyperparameters())
         return None
 
     def hyperparameters(self):
@@ -513,19 +542,24 @@ class Optimizer:
             if not p.flags.writeable:
                 raise ValueError(f"params[{name!r}] is read-only")
             g = _gradient(p, grads[name], f"params[{name!r}]", f"grads[{name!r}]")
-            for key, s in self.state.get(name, {}).items():
-                if not isinstance(s, np.ndarray):
-                    continue
-                if s.shape != p.shape or s.dtype != p.dtype:
-                    raise ValueError(
-                        f"state[{name!r}][{key!r}] is {s.dtype} {s.shape}, but params[{name!r}] "
-                        f"is {p.dtype} {p.shape}; call reset() after changing the parameters"
-                    )
-                if not (s.flags.c_contiguous and s.flags.writeable):
-                    raise ValueError(f"state[{name!r}][{key!r}] must be a C-contiguous, "
-                                     "writeable array (it is updated in place)")
+            self._check_state(name, p)
             work.append((name, p, g))
         return work
+
+    def _check_state(self, name, p):
+        """Raise unless every state array of parameter `name` still fits `p` and is writeable."""
+        for key, s in self.state.get(name, {}).items():
+            if not isinstance(s, np.ndarray):
+                continue
+            if s.shape != p.shape or s.dtype != p.dtype:
+                raise ValueError(
+                    f"state[{name!r}][{key!r}] is {s.dtype} {s.shape}, but params[{name!r}] "
+                    f"is {p.dtype} {p.shape}; call reset() after changing the parameters"
+                )
+            if not (s.flags.c_contiguous and s.flags.writeable):
+                raise ValueError(f"state[{name!r}][{key!r}] must be a C-contiguous, "
+                                 "writeable array (it is updated in place; it is read-only "
+                                 "or not contiguous)")
 
     def zero_state(self):
         """Zero every state array in place and every step count (the arrays are kept).
@@ -692,17 +726,28 @@ class SGD(Optimizer):
         if hp["weight_decay"] != 0 or hp["nesterov"]:
             return None
         if hp["momentum"] == 0:
-            return param, -hp["lr"], 1.0, None
+            return GemmFold(param, -hp["lr"], 1.0, None)
+        self._check_state(name, param)  # as step() does: stale state is an error, not reset
         state = self.state.setdefault(name, {})
         buf = state.get("momentum_buffer")
-        if buf is None or buf.shape != param.shape or buf.dtype != param.dtype:
+        if buf is None:
             buf = state["momentum_buffer"] = np.zeros(param.shape, param.dtype)
         lr = hp["lr"]
 
         def finish():
             kernels().sgd_step(_flat(param), _flat(buf), lr, 0.0, threads_for(param.size))
 
-        return buf, 1.0, hp["momentum"], finish
+        return GemmFold(buf, 1.0, hp["momentum"], finish)
+
+    def fused_update(self):
+        """Heavy-ball SGD (no Nesterov, no weight decay) runs inside the compiled step; a
+        subclass that changes the update (overrides ``_update``) does not."""
+        hp = self._validate(**self.hyperparameters())
+        cls = type(self)
+        if (hp["weight_decay"] != 0 or hp["nesterov"] or cls._update is not SGD._update
+                or cls.step is not Optimizer.step):
+            return None
+        return FusedUpdate(hp["lr"], hp["momentum"], "momentum_buffer" if hp["momentum"] else None)
 
     def _update(self, w, g, state, hp, n_threads):
         if hp["momentum"] == 0:

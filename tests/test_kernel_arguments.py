@@ -9,12 +9,14 @@ of each array argument, so each rule is tested once for all of them.
 import numpy as np
 import pytest
 
+from helpers import saved_name
+
 from fastbp import _kernels
+from fastbp._specs import ACTIVATIONS
 
 IN, OUT = "in", "out"  # OUT: written by the kernel (outputs and in-place state)
 
-_ACT_SAVED = {"relu": "x", "leaky_relu": "x", "sigmoid": "y", "tanh": "y", "elu": "x",
-              "gelu": "x"}
+_ACT_SAVED = {name: saved_name(row) for name, row in ACTIVATIONS.items()}
 
 #: kernel -> ((argument, role), ...) for its arrays, then its other positional arguments
 KERNELS = {

@@ -9,22 +9,21 @@ import math
 
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_close, numerical_gradient_array
+from helpers import DTYPES, assert_close, layer_variants, numerical_gradient_array
 from scipy.special import erf, expit
 
 import fastbp
 from fastbp import layers
+from fastbp._specs import ACTIVATIONS as SPEC_ACTIVATIONS
 
-# name -> (numpy forward, extra kwargs)
+#: name -> the course's NumPy forward (an oracle independent of fastbp's kernels and reference)
 FORMULAS = {
-    "relu": (lambda x: np.maximum(x, 0), {}),
-    "leaky_relu": (lambda x, alpha=0.01: np.where(x > 0, x, alpha * x), {"alpha": 0.2}),
-    "sigmoid": (expit, {}),
-    "tanh": (np.tanh, {}),
-    "elu": (lambda x, alpha=1.0: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
-            {"alpha": 0.7}),
-    "gelu": (lambda x, approximate="none": 0.5 * x * (1 + erf(x / math.sqrt(2))),
-             {}),
+    "relu": lambda x: np.maximum(x, 0),
+    "leaky_relu": lambda x, alpha=0.01: np.where(x > 0, x, alpha * x),
+    "sigmoid": expit,
+    "tanh": np.tanh,
+    "elu": lambda x, alpha=1.0: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
+    "gelu": lambda x, approximate="none": 0.5 * x * (1 + erf(x / math.sqrt(2))),
 }
 
 
@@ -32,19 +31,19 @@ def _gelu_tanh(x):
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
-CASES = [(name, FORMULAS[name][1]) for name in FORMULAS] + [
-    ("leaky_relu", {}), ("elu", {}), ("gelu", {"approximate": "tanh"})]
+#: every activation row of the spec table with each of its parameter variants
+CASES = [(name, kw) for name, row in SPEC_ACTIVATIONS.items() for kw in layer_variants(row)]
 
 
 def _formula(name, kwargs):
     if name == "gelu" and kwargs.get("approximate") == "tanh":
         return _gelu_tanh
-    f, _ = FORMULAS[name]
+    f = FORMULAS[name]
     return lambda x: f(x, **kwargs)
 
 
 def test_registry_lists_every_activation():
-    assert set(layers.ACTIVATIONS) == set(FORMULAS)
+    assert set(layers.ACTIVATIONS) == set(FORMULAS) == set(SPEC_ACTIVATIONS)
 
 
 def test_relu_course_test_vector():

@@ -2,14 +2,16 @@
 
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_close
+from helpers import DTYPES, assert_close, layer_variants
 
 import fastbp
 from fastbp import layers, nn, optim
+from fastbp._specs import ACTIVATIONS as SPEC_ACTIVATIONS
 from fastbp.gradcheck import check_model_gradients
 
-ACT_INSTANCES = [nn.ReLU(), nn.LeakyReLU(0.1), nn.Sigmoid(), nn.Tanh(), nn.ELU(0.8), nn.GELU(),
-                 nn.GELU("tanh")]
+#: an instance of every activation class, for each parameter variant of its spec-table row
+ACT_INSTANCES = [nn.ACTIVATIONS[name](**kw) for name, row in SPEC_ACTIVATIONS.items()
+                 for kw in layer_variants(row)]
 
 
 def _mlp(sizes, act="relu", dtype=np.float64, seed=0, loss="softmax", **kw):
@@ -55,15 +57,16 @@ def test_buffers_are_reused_across_steps(rng):
     # the compiled step (SGD, momentum): one plan, built on the first step and reused
     opt = optim.SGD(lr=0.1, momentum=0.9)
     model.train_step(x, y, loss, opt)
-    (plan,) = [step for step, _ in model._compiled_steps.values()]
+    (step,) = model._step_cache.compiled.values()
     model.train_step(x, y, loss, opt)
-    assert [step for step, _ in model._compiled_steps.values()] == [plan]
+    assert list(model._step_cache.compiled.values()) == [step]
     # the kernel-by-kernel fused path (Adam): its buffers are reused too
     adam = optim.Adam(lr=1e-3)
     model.train_step(x, y, loss, adam)
-    buffers = dict(model._step_buffers)
+    buffers = dict(model._step_cache.buffers)
     model.train_step(x, y, loss, adam)
-    for k, v in model._step_buffers.items():
+    assert buffers
+    for k, v in model._step_cache.buffers.items():
         assert v is buffers[k]
 
 
@@ -99,7 +102,7 @@ OPTIMIZERS = [
 
 
 @pytest.mark.parametrize("make_opt", OPTIMIZERS)
-@pytest.mark.parametrize("act", ["relu", "leaky_relu", "sigmoid", "tanh", "elu", "gelu"])
+@pytest.mark.parametrize("act", list(SPEC_ACTIVATIONS))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_train_step_equals_unfused_path(make_opt, act, dtype):
     gen = np.random.default_rng(0)

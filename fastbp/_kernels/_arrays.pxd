@@ -61,15 +61,8 @@ cdef inline int _layout_error(str kernel, str name, cnp.ndarray a, int need) exc
     raise AssertionError("unreachable")
 
 
-cdef inline char *array_data(object a, str kernel, str name, int typenum, bint writeable,
-                             Py_ssize_t n, str sized_by) except? NULL:
-    """The data pointer of `a`, checked as above: `typenum` is the call's dtype, `writeable`
-    says the kernel writes `a`, and n >= 0 is the length `a` must have (that of the array
-    named `sized_by`); n < 0 skips the length check.
-
-    NULL is returned only for an array whose data pointer is NULL, which NumPy does not make
-    (it allocates at least one byte even for empty arrays); the kernels read nothing then.
-    """
+cdef inline cnp.ndarray _typed(object a, str kernel, str name, int typenum):
+    """`a` as an ndarray of type `typenum` in native byte order (TypeError otherwise)."""
     if not cnp.PyArray_Check(a):
         _not_ndarray(kernel, name, a)
     cdef cnp.ndarray arr = <cnp.ndarray>a
@@ -79,13 +72,39 @@ cdef inline char *array_data(object a, str kernel, str name, int typenum, bint w
             f"{cnp.PyArray_DescrFromType(typenum)} "
             f"(every array of a call has the dtype of the first)"
         )
+    return arr
+
+
+cdef inline int _check_layout(cnp.ndarray arr, str kernel, str name, bint writeable) except -1:
+    """C-contiguous and aligned, and writeable when the kernel writes it (ValueError)."""
+    cdef int need = _OUT_FLAGS if writeable else _IN_FLAGS
+    if (cnp.PyArray_FLAGS(arr) & need) != need:
+        _layout_error(kernel, name, arr, need)
+    return 0
+
+
+cdef inline int check_array(object a, str kernel, str name, int typenum,
+                            bint writeable) except -1:
+    """Check `a` as above for any number of dimensions (no 1-D or length check)."""
+    _check_layout(_typed(a, kernel, name, typenum), kernel, name, writeable)
+    return 0
+
+
+cdef inline char *array_data(object a, str kernel, str name, int typenum, bint writeable,
+                             Py_ssize_t n, str sized_by) except? NULL:
+    """The data pointer of `a`, checked as above: `typenum` is the call's dtype, `writeable`
+    says the kernel writes `a`, and n >= 0 is the length `a` must have (that of the array
+    named `sized_by`); n < 0 skips the length check.
+
+    NULL is returned only for an array whose data pointer is NULL, which NumPy does not make
+    (it allocates at least one byte even for empty arrays); the kernels read nothing then.
+    """
+    cdef cnp.ndarray arr = _typed(a, kernel, name, typenum)
     if cnp.PyArray_NDIM(arr) != 1:
         raise ValueError(
             f"{kernel}: {name} must be 1-D (the caller ravels), got shape {a.shape}"
         )
-    cdef int need = _OUT_FLAGS if writeable else _IN_FLAGS
-    if (cnp.PyArray_FLAGS(arr) & need) != need:
-        _layout_error(kernel, name, arr, need)
+    _check_layout(arr, kernel, name, writeable)
     if n >= 0 and cnp.PyArray_DIM(arr, 0) != n:
         raise ValueError(f"{kernel}: {name} has length {cnp.PyArray_DIM(arr, 0)}, expected {n} "
                          f"(the length of {sized_by})")

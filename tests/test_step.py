@@ -1,0 +1,289 @@
+"""The fused training step (fastbp._planner + fastbp._kernels._step.FusedStep) against the
+kernel-by-kernel path: after every kind of edit of a model between steps, the fused step trains
+the CURRENT network (forward, backward, optimizer.step give the same numbers), and nothing is
+written through a read-only parameter or optimizer buffer.
+"""
+
+import numpy as np
+import pytest
+from helpers import DTYPES, assert_close
+
+import fastbp
+from fastbp import io, nn, optim
+
+OPTIMIZERS = {
+    "sgd": lambda: optim.SGD(lr=0.1),
+    "momentum": lambda: optim.SGD(lr=0.05, momentum=0.9),
+    "nesterov": lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda: optim.Adam(lr=1e-2),
+    "rmsprop": lambda: optim.RMSProp(lr=1e-3),
+}
+
+
+def _model(dtype, act="relu", **kw):
+    return nn.MLP([6, 9, 7, 4], activation=act, dtype=dtype, rng=0, **kw)
+
+
+def _unfused_step(model, x, y, loss, opt):
+    value = loss.forward(model.forward(x), y)
+    model.backward(loss.backward())
+    opt.step(model.params, model.grads)
+    return value
+
+
+def _fresh_linear(model, i, j, dtype):
+    return nn.Linear(i, j, dtype=dtype, rng=len(model.layers))
+
+
+#: edit name -> edit(model, optimizer, dtype); applied identically to both models
+EDITS = {
+    "replace activation": lambda m, o, dt: m.layers.__setitem__(1, nn.Tanh()),
+    "delete layers": lambda m, o, dt: m.layers.__delitem__(slice(3, 5)),
+    "insert layers": lambda m, o, dt: (m.layers.__setitem__(
+        slice(2, 2), [_fresh_linear(m, 9, 9, dt), nn.Sigmoid()]), o.reset()),
+    "append activation": lambda m, o, dt: m.layers.append(nn.ELU(0.5)),
+    "append layers": lambda m, o, dt: m.layers.extend([nn.ReLU(), _fresh_linear(m, 4, 4, dt)]),
+    "rebind W": lambda m, o, dt: m.layers[2].params.__setitem__(
+        "W", (m.layers[2].params["W"] * 0.5).astype(dt)),
+    "rebind state": lambda m, o, dt: [s.__setitem__(k, v * 0.5) for s in o.state.values()
+                                      for k, v in list(s.items()) if isinstance(v, np.ndarray)],
+}
+
+
+def _edit_alpha(model):
+    """Change an activation's parameter in place (same object, same id)."""
+    for layer in model.layers:
+        if isinstance(layer, (nn.LeakyReLU, nn.ELU)):
+            layer.alpha = 0.3
+        if isinstance(layer, nn.GELU):
+            layer.approximate = "tanh" if layer.approximate == "none" else "none"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+@pytest.mark.parametrize("edit", list(EDITS) + ["alpha in place"])
+def test_fused_step_follows_every_edit(edit, opt, dtype):
+    gen = np.random.default_rng(1)
+    x = gen.standard_normal((12, 6)).astype(dtype)
+    y = gen.integers(0, 4, 12)
+    act = "leaky_relu" if edit == "alpha in place" else "relu"
+    fused, plain = _model(dtype, act), _model(dtype, act)
+    opt_f, opt_p = OPTIMIZERS[opt](), OPTIMIZERS[opt]()
+    loss_f, loss_p = nn.SoftmaxCrossEntropy(), nn.SoftmaxCrossEntropy()
+    for _ in range(2):  # warm: the compiled step and the plan are cached
+        fused.train_step(x, y, loss_f, opt_f)
+        _unfused_step(plain, x, y, loss_p, opt_p)
+    for model, o in ((fused, opt_f), (plain, opt_p)):
+        if edit == "alpha in place":
+            _edit_alpha(model)
+        else:
+            EDITS[edit](model, o, dtype)
+    assert fused._fusion_plan() is not None
+    for _ in range(3):
+        vf = fused.train_step(x, y, loss_f, opt_f)
+        vp = _unfused_step(plain, x, y, loss_p, opt_p)
+        assert_close(vf, vp, dtype, scale=10)
+    assert fused.params.keys() == plain.params.keys()
+    for name, p in plain.params.items():
+        assert_close(fused.params[name], p, dtype, scale=10)
+
+
+@pytest.mark.parametrize("form", ["none", "tanh"])
+def test_gelu_form_changed_in_place_is_followed(form):
+    gen = np.random.default_rng(2)
+    x, y = gen.standard_normal((8, 6)), gen.integers(0, 4, 8)
+    fused, plain = _model(np.float64, "gelu", approximate=form), \
+        _model(np.float64, "gelu", approximate=form)
+    opt_f, opt_p = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    fused.train_step(x, y, nn.SoftmaxCrossEntropy(), opt_f)
+    _unfused_step(plain, x, y, nn.SoftmaxCrossEntropy(), opt_p)
+    for model in (fused, plain):
+        _edit_alpha(model)
+    assert fused._fusion_plan().stages[0].activation.code == (
+        "gelu" if form == "tanh" else "gelu_tanh")
+    vf = fused.train_step(x, y, nn.SoftmaxCrossEntropy(), opt_f)
+    vp = _unfused_step(plain, x, y, nn.SoftmaxCrossEntropy(), opt_p)
+    assert_close(vf, vp, np.float64)
+
+
+def test_replacing_a_layer_by_an_equal_looking_one_is_not_confused_by_reused_ids():
+    """A deleted layer's id may be reused by the next object: the plan must not care."""
+    gen = np.random.default_rng(3)
+    x, y = gen.standard_normal((8, 6)), gen.integers(0, 4, 8)
+    fused, plain = _model(np.float64), _model(np.float64)
+    opt_f, opt_p = optim.SGD(lr=0.1, momentum=0.9), optim.SGD(lr=0.1, momentum=0.9)
+    for round_ in range(4):
+        for model in (fused, plain):
+            del model.layers[1]
+            model.layers.insert(1, nn.Tanh() if round_ % 2 else nn.LeakyReLU(0.1 * round_))
+        vf = fused.train_step(x, y, nn.SoftmaxCrossEntropy(), opt_f)
+        vp = _unfused_step(plain, x, y, nn.SoftmaxCrossEntropy(), opt_p)
+        assert_close(vf, vp, np.float64)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
+@pytest.mark.parametrize("opt", ["momentum", "adam"])
+def test_state_of_renamed_parameters_is_an_error_on_every_path(opt, backend):
+    """Inserting layers renames the parameters: stale optimizer state raises (call reset()),
+    fused or not, before anything is written."""
+    gen = np.random.default_rng(10)
+    x, y = gen.standard_normal((8, 6)), gen.integers(0, 4, 8)
+    model, o = _model(np.float64), OPTIMIZERS[opt]()
+    with fastbp.use_backend(backend):
+        model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+        model.layers[2:2] = [nn.Linear(9, 9, dtype=np.float64, rng=1), nn.ReLU()]
+        before = model.state_dict()
+        with pytest.raises(ValueError, match="call reset"):
+            model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+        for name, p in model.params.items():
+            np.testing.assert_array_equal(p, before[name], err_msg=name)
+        o.reset()
+        assert np.isfinite(model.train_step(x, y, nn.SoftmaxCrossEntropy(), o))
+
+
+# ---- nothing written through read-only arrays --------------------------------------------
+
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+@pytest.mark.parametrize("warm", [False, True])
+@pytest.mark.parametrize("which", ["0.W", "0.b", "4.W", "4.b"])
+def test_read_only_parameter_raises_before_anything_changes(which, warm, opt, backend):
+    gen = np.random.default_rng(4)
+    x, y = gen.standard_normal((8, 6)).astype(np.float32), gen.integers(0, 4, 8)
+    model, o = _model(np.float32), OPTIMIZERS[opt]()
+    with fastbp.use_backend(backend):
+        if warm:
+            model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+        model.params[which].setflags(write=False)
+        before = model.state_dict()
+        state = o.state_dict()
+        with pytest.raises(ValueError, match="read-only"):
+            model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(p, before[name], err_msg=name)
+    after = o.state_dict()["state"]
+    assert after.keys() == state["state"].keys()
+    for name, s in state["state"].items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(after[name][k], v)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
+def test_read_only_velocity_raises_before_anything_changes(backend):
+    gen = np.random.default_rng(5)
+    x, y = gen.standard_normal((8, 6)), gen.integers(0, 4, 8)
+    model, o = _model(np.float64), optim.SGD(lr=0.1, momentum=0.9)
+    with fastbp.use_backend(backend):
+        model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+        o.state["2.W"]["momentum_buffer"].setflags(write=False)
+        before = model.state_dict()
+        with pytest.raises(ValueError, match="read-only"):
+            model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(p, before[name], err_msg=name)
+
+
+@pytest.mark.parametrize("bad,exc,match", [
+    (lambda w: np.asfortranarray(w), ValueError, "C-contiguous"),
+    (lambda w: w.astype(np.float64), TypeError, "dtype"),
+    (lambda w: w[:, :-1].copy(), ValueError, "shape"),
+])
+def test_rebound_parameter_of_the_wrong_layout_raises_clearly(bad, exc, match):
+    gen = np.random.default_rng(6)
+    x, y = gen.standard_normal((8, 6)).astype(np.float32), gen.integers(0, 4, 8)
+    model, o = _model(np.float32), optim.SGD(lr=0.1)
+    model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+    model.layers[2].params["W"] = bad(model.layers[2].params["W"])
+    before = model.state_dict()
+    with pytest.raises(exc, match=match):
+        model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(p, before[name], err_msg=name)
+
+
+# ---- what fuses ---------------------------------------------------------------------------
+
+class MyReLU(nn.ReLU):
+    pass
+
+
+class ReLU(nn.Module):
+    """A look-alike: named ReLU, but not fastbp's (here: a shifted ReLU)."""
+
+    def __init__(self):
+        self.params, self.grads = {}, {}
+
+    def forward(self, x):
+        self.x = np.asarray(x)
+        return np.maximum(self.x - 0.5, 0)
+
+    def backward(self, dout):
+        return dout * (self.x > 0.5)
+
+
+class NoisyReLU(nn.ReLU):
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+def _chain(act):
+    gen = np.random.default_rng(7)
+    return nn.Sequential(nn.Linear(5, 6, dtype=np.float64, rng=gen), act,
+                         nn.Linear(6, 3, dtype=np.float64, rng=gen))
+
+
+def test_layers_declare_how_they_fuse():
+    assert _chain(MyReLU())._fusion_plan().stages[0].activation.code == "relu"
+    assert _chain(ReLU())._fusion_plan() is None
+    assert _chain(NoisyReLU())._fusion_plan() is None
+
+    class MyLinear(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    assert nn.Sequential(MyLinear(5, 3))._fusion_plan() is None
+
+
+@pytest.mark.parametrize("act", [ReLU, NoisyReLU])
+def test_look_alikes_train_as_themselves(act):
+    gen = np.random.default_rng(8)
+    x, y = gen.standard_normal((8, 5)), gen.integers(0, 3, 8)
+    a, b = _chain(act()), _chain(act())
+    va = a.train_step(x, y, nn.SoftmaxCrossEntropy(), optim.SGD(lr=0.1))
+    vb = _unfused_step(b, x, y, nn.SoftmaxCrossEntropy(), optim.SGD(lr=0.1))
+    assert va == vb
+    for name, p in b.params.items():
+        np.testing.assert_array_equal(a.params[name], p)
+
+
+# ---- an edited MLP saves what it is --------------------------------------------------------
+
+def test_save_model_after_replacing_the_activation(tmp_path):
+    model = _model(np.float64)
+    model.layers[1] = nn.Tanh()
+    model.layers[3] = nn.Tanh()
+    path = tmp_path / "m.npz"
+    io.save_model(path, model)
+    loaded, _ = io.load_model(path)
+    assert loaded.activation == "tanh" and loaded.sizes == [6, 9, 7, 4]
+    x = np.random.default_rng(9).standard_normal((3, 6))
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
+def test_save_model_after_deleting_layers(tmp_path):
+    model = _model(np.float64)
+    del model.layers[2:4]
+    model.layers[2] = nn.Linear(9, 4, dtype=np.float64, rng=1)
+    assert model.sizes == [6, 9, 4]
+    io.save_model(tmp_path / "m.npz", model)
+    assert io.load_model(tmp_path / "m.npz")[0].sizes == [6, 9, 4]
+
+
+def test_save_model_of_a_model_that_is_no_longer_an_mlp_raises(tmp_path):
+    model = _model(np.float64)
+    model.layers[3] = nn.Sigmoid()  # two kinds of activation
+    with pytest.raises(ValueError, match="not Linear -> activation"):
+        io.save_model(tmp_path / "m.npz", model)
+    del model.layers[4]
+    with pytest.raises(ValueError, match="not Linear -> activation"):
+        model.sizes
