@@ -449,18 +449,6 @@ class Optimizer:
 
     # public API ----------------------------------------------------------------------------
 
-    @property
-    def is_plain_sgd(self):
-        """True when a step is exactly ``w -= lr * dw`` with no state (read-only).
-
-        Only :class:`SGD` with ``momentum == 0`` and ``weight_decay == 0`` is.  A fused training
-        step may then fold the update into the weight-gradient GEMM, ``W := W - lr * X^T dY``
-        (BLAS beta = 1, alpha = -lr times the loss scale), and skip :meth:`step` for that
-        parameter; any other optimizer needs the gradient itself (and state) and must go
-        through :meth:`step`.
-        """
-        return False
-
     def gemm_fold(self, name, param):
         """How a fused step may fold this parameter's update into its gradient GEMM.
 
@@ -709,11 +697,6 @@ class SGD(Optimizer):
         if hp["nesterov"] and hp["momentum"] == 0:
             raise ValueError("nesterov requires momentum > 0")
         return hp
-
-    @property
-    def is_plain_sgd(self):
-        """True when ``momentum == 0`` and ``weight_decay == 0`` (see :class:`Optimizer`)."""
-        return self.momentum == 0 and self.weight_decay == 0
 
     def _arrays_needed(self, hp):
         return self._arrays if hp["momentum"] else ()

@@ -679,20 +679,27 @@ def test_optimizer_matches_torch(rng, case, dtype):
 
 
 # --------------------------------------------------------------------------------------------
-# optimizer classes: plain-SGD flag, state_dict, zero_state / reset
+# optimizer classes: fused_update, state_dict, zero_state / reset
 
 
-def test_is_plain_sgd_tells_when_the_update_can_fold_into_the_gemm(rng):
-    assert optim.SGD(0.1).is_plain_sgd
-    assert not optim.SGD(0.1, momentum=0.9).is_plain_sgd
-    assert not optim.SGD(0.1, weight_decay=1e-4).is_plain_sgd
-    assert not optim.Adam().is_plain_sgd and not optim.RMSProp().is_plain_sgd
+def test_fused_update_says_when_the_compiled_step_may_run_the_update(rng):
+    assert optim.SGD(0.1).fused_update() == optim.FusedUpdate(0.1, 0.0, None)
+    assert optim.SGD(0.1, momentum=0.9).fused_update() == optim.FusedUpdate(
+        0.1, 0.9, "momentum_buffer")
+    assert optim.SGD(0.1, weight_decay=1e-4).fused_update() is None
+    assert optim.SGD(0.1, momentum=0.5, nesterov=True).fused_update() is None
+    assert optim.Adam().fused_update() is None and optim.RMSProp().fused_update() is None
     opt = optim.SGD(0.1)
-    with pytest.raises(AttributeError):
-        opt.is_plain_sgd = False
-    opt.momentum = 0.5
-    assert not opt.is_plain_sgd
-    # when it says so, a step is exactly W - lr * dW (what the GEMM with beta = 1 computes)
+    opt.lr = -1.0  # set since construction: validated, as step() would
+    with pytest.raises(ValueError, match="lr"):
+        opt.fused_update()
+
+    class Custom(optim.SGD):
+        def _update(self, w, g, state, hp, n_threads):
+            pass
+
+    assert Custom(0.1).fused_update() is None
+    # plain SGD is exactly W - lr * dW (what the GEMM with beta = 1 computes)
     plain = optim.SGD(0.25)
     w, dw = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
     expected = w - 0.25 * dw

@@ -8,10 +8,8 @@ a. Layout and entry: every buffer is a 1-D, C-contiguous ndarray of float32 or f
    Kernels take C-contiguous ndarrays; the entry validates with the NumPy C-API (_arrays.pxd):
    ndarray, 1-D, C-contiguous, the dtype of the first array (which picks the float or double
    loops), outputs writeable, each failure a TypeError/ValueError naming the kernel and the
-   argument.  Inputs are only read (read-only arrays work).  They are not typed memoryviews
-   because acquiring one costs ~0.3-0.5 us per argument plus the fused-type dispatch: measured
-   on empty arrays, relu_forward's whole call took ~0.65 us with memoryviews and ~0.07 us
-   through the C-API, and tiny layers and training steps were dominated by such overhead.
+   argument.  Inputs are only read (read-only arrays work).  (_arrays.pxd says why not typed
+   memoryviews: relu_forward's whole call ~0.65 us with them, ~0.07 us through the C-API.)
    All buffers of one call must have the same length (ValueError naming the arguments
    otherwise), checked before the GIL is released.  An output may be the same buffer as an
    input (in place): each element is read before it is written.
@@ -57,7 +55,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from cython cimport floating
 
-from ._arrays cimport array_data, float_type, length
+from ._arrays cimport array_data, check_threads, float_type, length
 
 from ._activation_math cimport (
     FASTBP_SIMD_CLONES, cloned_void, elu_bwd, elu_fwd, gelu_bwd, gelu_fwd, gelu_tanh_bwd,
@@ -237,12 +235,6 @@ cdef void _run(Op op, const floating *a, const floating *b, floating *out, Py_ss
             _nth_block(op, a, b, out, n, blk, alpha)
 
 
-cdef int _check_threads(str kernel, int n_threads) except -1:
-    if n_threads < 1:
-        raise ValueError(f"{kernel}: n_threads must be >= 1, got {n_threads}")
-    return 0
-
-
 cdef int _length_error(str kernel, tuple names, tuple arrays) except -1:
     """ValueError naming a call's buffers and their (differing) lengths."""
     shown = ", ".join(f"{name}={length(a)}" for name, a in zip(names, arrays))
@@ -255,7 +247,7 @@ cdef int _unary(str kernel, Op op, object x, object out, double alpha,
     cdef int t = float_type(x, kernel, "x")
     cdef const char *px = array_data(x, kernel, "x", t, False, -1, None)
     cdef char *po = array_data(out, kernel, "out", t, True, -1, None)
-    _check_threads(kernel, n_threads)
+    check_threads(kernel, n_threads)
     cdef Py_ssize_t n = length(x)
     if length(out) != n:
         _length_error(kernel, ("x", "out"), (x, out))
@@ -276,7 +268,7 @@ cdef int _binary(str kernel, Op op, object dout, object saved, str saved_name, o
     cdef const char *pg = array_data(dout, kernel, "dout", t, False, -1, None)
     cdef const char *ps = array_data(saved, kernel, saved_name, t, False, -1, None)
     cdef char *pd = array_data(dx, kernel, "dx", t, True, -1, None)
-    _check_threads(kernel, n_threads)
+    check_threads(kernel, n_threads)
     cdef Py_ssize_t n = length(dout)
     if length(saved) != n or length(dx) != n:
         _length_error(kernel, ("dout", saved_name, "dx"), (dout, saved, dx))

@@ -111,6 +111,13 @@ cdef inline char *array_data(object a, str kernel, str name, int typenum, bint w
     return cnp.PyArray_BYTES(arr)
 
 
+cdef inline int check_threads(str kernel, int n_threads) except -1:
+    """ValueError unless n_threads >= 1 (prange(num_threads=0) is not "serial")."""
+    if n_threads < 1:
+        raise ValueError(f"{kernel}: n_threads must be >= 1, got {n_threads}")
+    return 0
+
+
 cdef inline Py_ssize_t length(object a) noexcept:
     """The length of a 1-D array already checked by array_data."""
     return cnp.PyArray_DIM(<cnp.ndarray>a, 0)

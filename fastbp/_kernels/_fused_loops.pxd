@@ -1,6 +1,7 @@
-# Row loops shared by the fused kernels (_fused.pyx) and the one-call training step (_step.pyx):
-# the GEMM epilogue (bias + activation, optionally storing the pre-activation) and the
-# activation backward fused with the bias-gradient reduction.  See _fused.pyx's design block for
+# Row loops shared by the linear and fused kernels (_linear.pyx, _fused.pyx) and the one-call
+# training step (_step.pyx): the GEMM epilogue (bias + activation, optionally storing the
+# pre-activation), the activation backward fused with the bias-gradient reduction, and the plain
+# column sum (the bias gradient, the "identity" case).  See _fused.pyx's design block for
 # what each activation's backward reads and how the work is split over threads.
 #
 # The activation codes are the spec table's (fastbp._specs.FUSED_ACTIVATIONS, in that order;
@@ -110,16 +111,23 @@ cdef inline void _derivative_segment(const floating *g, const floating *s, float
 cdef inline void _backward_block(const floating *dout, const floating *saved, floating *dz,
                           floating *db, Py_ssize_t n, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t j1,
                           int act, floating alpha, floating scale, floating beta) noexcept nogil:
-    """Columns [j0, j1) of an (n, m) row-major block: dz = dout * act'(saved), db from dz."""
+    """Columns [j0, j1) of an (n, m) row-major block: dz = dout * act'(saved), db from dz;
+    with dz = NULL, db from dout itself (a plain column sum: _linear's bias gradient)."""
     cdef floating acc[COL_BLOCK]
+    cdef const floating *row
     cdef Py_ssize_t i, j, w = j1 - j0
     for j in range(w):
         acc[j] = 0
     for i in range(n):
-        _derivative_segment(dout + i * m + j0, saved + i * m + j0, dz + i * m + j0, w, act, alpha)
+        if dz != NULL:
+            _derivative_segment(dout + i * m + j0, saved + i * m + j0, dz + i * m + j0, w, act,
+                                alpha)
+            row = dz + i * m + j0
+        else:
+            row = dout + i * m + j0
         if db != NULL:
             for j in range(w):
-                acc[j] = acc[j] + dz[i * m + j0 + j]
+                acc[j] = acc[j] + row[j]
     if db == NULL:
         return
     if beta == 0:
@@ -143,3 +151,10 @@ cdef inline void _backward(const floating *dout, const floating *saved, floating
         for blk in range(n_blocks):
             _backward_block(dout, saved, dz, db, n, m, blk * COL_BLOCK,
                             min(m, (blk + 1) * COL_BLOCK), act, alpha, scale, beta)
+
+
+cdef inline void column_sum(const floating *a, Py_ssize_t n, Py_ssize_t m, floating scale,
+                            floating beta, floating *out, int n_threads) noexcept nogil:
+    """out := scale * Σ_rows a + beta * out for a row-major (n, m) `a`, rows added in order per
+    column (identical for any thread count, and to the fused kernels' bias gradient)."""
+    _backward(a, NULL, NULL, out, n, m, IDENTITY, 0, scale, beta, n_threads)

@@ -14,63 +14,17 @@ b. GEMMs: one BLAS call each (never a hand-written loop, never BLAS inside a pra
 c. Parallel work here is only the O(N·M) bias epilogue (over rows) and the bias gradient
    db = s·Σ_rows dout + β·db (over blocks of columns: each thread owns whole columns and
    adds the rows in order, so the sum is identical for any thread count and matches NumPy's
-   row-by-row `sum(axis=0)`).
+   row-by-row `sum(axis=0)`); both are the fused kernels' loops (_fused_loops.pxd) with no
+   activation, so the fused and unfused paths share one column sum.
 d. Optional buffers: b = None (no bias), dx / dw / db = None (not computed; the first layer of
    a network needs no dx).
 """
 from cython cimport floating
-from cython.parallel cimport prange
 
 from ._blas cimport gemm_rm
+from ._fused_loops cimport IDENTITY, _epilogue, column_sum
 
 __all__ = ["linear_forward", "linear_backward"]
-
-cdef Py_ssize_t COL_BLOCK = 256  # columns per task in the bias-gradient reduction
-
-
-cdef void _add_bias(floating[:, ::1] out, const floating[::1] b, int n_threads) noexcept nogil:
-    cdef Py_ssize_t i, j, n = out.shape[0], m = out.shape[1]
-    if n_threads > 1:
-        for i in prange(n, schedule="static", num_threads=n_threads):
-            for j in range(m):
-                out[i, j] = out[i, j] + b[j]
-    else:  # no parallel region: it costs ~0.8 us even with one thread
-        for i in range(n):
-            for j in range(m):
-                out[i, j] = out[i, j] + b[j]
-
-
-cdef void _column_sum_block(const floating[:, ::1] a, Py_ssize_t j0, Py_ssize_t j1,
-                            floating scale, floating beta, floating[::1] out) noexcept nogil:
-    """out[j] := scale * Σ_i a[i, j] + beta * out[j] for j in [j0, j1), rows added in order."""
-    cdef floating acc[256]
-    cdef Py_ssize_t i, j, w = j1 - j0
-    for j in range(w):
-        acc[j] = 0
-    for i in range(a.shape[0]):
-        for j in range(w):
-            acc[j] = acc[j] + a[i, j0 + j]
-    if beta == 0:
-        for j in range(w):
-            out[j0 + j] = scale * acc[j]
-    else:
-        for j in range(w):
-            out[j0 + j] = scale * acc[j] + beta * out[j0 + j]
-
-
-cdef void _column_sum(const floating[:, ::1] a, floating scale, floating beta,
-                      floating[::1] out, int n_threads) noexcept nogil:
-    cdef Py_ssize_t blk, m = a.shape[1]
-    cdef Py_ssize_t n_blocks = (m + COL_BLOCK - 1) // COL_BLOCK
-    if n_threads > 1:
-        for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
-            _column_sum_block(a, blk * COL_BLOCK, min(m, (blk + 1) * COL_BLOCK), scale, beta,
-                              out)
-    else:
-        for blk in range(n_blocks):
-            _column_sum_block(a, blk * COL_BLOCK, min(m, (blk + 1) * COL_BLOCK), scale, beta,
-                              out)
-
 
 def _shape_error(kernel, name, got, expected):
     return ValueError(f"{kernel}: {name} has shape {tuple(got)}, expected {expected}")
@@ -93,8 +47,8 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w,
         gemm_rm(False, False, <int>n, <int>m, <int>d, 1.0,
                 &x[0, 0] if d else NULL, <int>max(d, 1),
                 &w[0, 0] if d else NULL, <int>m, 0.0, &out[0, 0], <int>m)
-        if has_bias:
-            _add_bias(out, b, n_threads)
+        if has_bias:  # the fused kernels' epilogue, with no activation
+            _epilogue(&out[0, 0], &b[0], NULL, n, m, IDENTITY, 0, n_threads)
 
 
 def linear_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
@@ -129,4 +83,4 @@ def linear_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
             gemm_rm(True, False, <int>d, <int>m, <int>n, scale,
                     &x[0, 0] if n else NULL, <int>d, pdout, <int>m, beta, &dw[0, 0], <int>m)
         if want_db and m:
-            _column_sum(dout, <floating>scale, <floating>beta, db, n_threads)
+            column_sum(pdout, n, m, <floating>scale, <floating>beta, &db[0], n_threads)
