@@ -43,13 +43,35 @@ class Activation(NamedTuple):
     fused_reads: str = "output"  #: what the fused backward reads: the "output" a or "input" z
     #: for a real parameter: when the fused backward may read the output (else: no fusion)
     output_form_valid: Optional[Callable[[float], bool]] = None
+    #: the scalar helper (_activation_math.pxd) of the fused backward from the output, when it
+    #: is not the elementwise ``<code>_bwd``
+    output_backward: Optional[str] = None
+    forward_math: str = ""   #: the kernels' docstrings: ``out := <forward_math>.``
+    backward_math: str = ""  #: ``dx := <backward_math>, from the forward input x / OUTPUT y.``
+    backward_note: str = ""  #: appended to the backward docstring
 
     @property
     def fused_codes(self):
         """The fused kernels' codes of this activation: its name, or one per form."""
-        return tuple(self._form_code(form) for form in self.forms) or (self.name,)
+        return tuple(self.form_code(form) for form in self.forms) or (self.name,)
 
-    def _form_code(self, form):
+    @property
+    def kernel_param(self):
+        """The elementwise kernels' parameter: ``"double alpha=0.01"``, ``"bint approximate=False"``
+        (a form flag: True picks the second form) or None."""
+        if self.param is None:
+            return None
+        if self.forms:
+            return f"bint {self.param}=False"
+        return f"double {self.param}={self.default!r}"
+
+    @property
+    def takes_alpha(self):
+        """True when the scalar helpers take the parameter (a real one) as ``alpha``."""
+        return self.param is not None and not self.forms
+
+    def form_code(self, form):
+        """The fused code of `form`: the name for the default form, else "<name>_<form>"."""
         return self.name if form == self.default else f"{self.name}_{form}"
 
     def kernel_scalars(self, value):
@@ -64,7 +86,7 @@ class Activation(NamedTuple):
         """The :class:`FusedActivation` for parameter `value`, or None when it cannot fuse."""
         reads_input = self.fused_reads == "input"
         if self.forms:
-            return FusedActivation(self._form_code(value), 0.0, reads_input)
+            return FusedActivation(self.form_code(value), 0.0, reads_input)
         if self.param is None:
             return FusedActivation(self.name, 0.0, reads_input)
         if self.output_form_valid is not None and not self.output_form_valid(value):
@@ -79,13 +101,26 @@ def _nonnegative(alpha):
 
 #: name -> row, in the order of the fused kernels' codes (after "identity")
 ACTIVATIONS = {row.name: row for row in (
-    Activation("relu", "ReLU"),
-    Activation("leaky_relu", "LeakyReLU", "alpha", 0.01, output_form_valid=_nonnegative),
-    Activation("sigmoid", "Sigmoid", backward_reads="output"),
-    Activation("tanh", "Tanh", backward_reads="output"),
-    Activation("elu", "ELU", "alpha", 1.0, output_form_valid=_nonnegative),
+    Activation("relu", "ReLU", forward_math="max(x, 0)  (NaN propagates)",
+               backward_math="dout * (x > 0)", backward_note=" (derivative 0 at x = 0)"),
+    Activation("leaky_relu", "LeakyReLU", "alpha", 0.01, output_form_valid=_nonnegative,
+               forward_math="x if x > 0 else alpha * x",
+               backward_math="dout if x > 0 else alpha * dout"),
+    Activation("sigmoid", "Sigmoid", backward_reads="output",
+               forward_math="1 / (1 + exp(-x))  (stable for both signs)",
+               backward_math="dout * y * (1 - y)"),
+    Activation("tanh", "Tanh", backward_reads="output", forward_math="tanh(x)",
+               backward_math="dout * (1 - y**2)"),
+    Activation("elu", "ELU", "alpha", 1.0, output_form_valid=_nonnegative,
+               output_backward="elu_bwd_from_output",
+               forward_math="x if x > 0 else alpha * expm1(x)",
+               backward_math="dout if x > 0 else dout * alpha * exp(x)"),
     Activation("gelu", "GELU", "approximate", "none", forms=("none", "tanh"),
-               fused_reads="input"),
+               fused_reads="input",
+               forward_math="x * Phi(x); approximate: 0.5 * x * (1 + tanh(sqrt(2/pi) * "
+                            "(x + 0.044715 x**3)))",
+               backward_math="dout * (Phi(x) + x * phi(x)) (or the tanh form's "
+                             "derivative)"),
 )}
 
 #: the fused kernels' activation codes, in enum order ("identity" = no activation)
@@ -121,5 +156,5 @@ LOSS_CODES = {row.kernel: code for code, row in enumerate(LOSSES.values())}
 CLASSIFICATION_LOSSES = tuple(n for n, row in LOSSES.items() if row.kind == "classification")
 
 #: fused code -> (its row, the form it stands for; None for rows without forms)
-FUSED_FORMS = {row._form_code(form) if row.forms else row.name: (row, form if row.forms else None)
+FUSED_FORMS = {row.form_code(form) if row.forms else row.name: (row, form if row.forms else None)
                for row in ACTIVATIONS.values() for form in (row.forms or (None,))}

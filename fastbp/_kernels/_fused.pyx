@@ -31,18 +31,13 @@ f. Only kernels with a NumPy twin (fastbp.reference.fused) live here; the whole-
 from cython cimport floating
 
 from ._blas cimport gemm_rm
-from ._fused_loops cimport (
-    ELU, GELU, GELU_TANH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _backward, _epilogue,
-)
+from ._fused_loops cimport _backward, _epilogue, activation_codes, differentiated_from_input
 
 __all__ = ["linear_act_forward", "act_backward_bias"]
 
-#: activation name -> code, in the order of fastbp._specs.FUSED_ACTIVATIONS (tested)
-ACTIVATION_CODES = {
-    "identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid": SIGMOID,
-    "tanh": TANH, "elu": ELU, "gelu": GELU, "gelu_tanh": GELU_TANH,
-}
-DIFFERENTIATED_FROM_INPUT = ("gelu", "gelu_tanh")
+#: activation name -> code: fastbp._specs.FUSED_ACTIVATIONS, generated into _fused_loops.pxd
+ACTIVATION_CODES = activation_codes()
+DIFFERENTIATED_FROM_INPUT = differentiated_from_input()
 
 
 def _code(str activation):
