@@ -33,6 +33,8 @@ from importlib import resources
 
 import numpy as np
 
+from . import _validation as val
+
 __all__ = [
     "iterate_minibatches",
     "load_digits",
@@ -286,8 +288,8 @@ def make_spirals(n_per_class=100, n_classes=3, noise=0.2, seed=None):
     ValueError
         If a count is below 1 or `noise` is negative.
     """
-    n_per_class = _count(n_per_class, "n_per_class")
-    n_classes = _count(n_classes, "n_classes")
+    n_per_class = val.integer(n_per_class, "n_per_class", 1)
+    n_classes = val.integer(n_classes, "n_classes", 1)
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
@@ -435,7 +437,7 @@ def iterate_minibatches(X, y, batch_size, shuffle=True, seed=None, drop_last=Fal
     """
     X, y = np.asarray(X), np.asarray(y)
     n = _check_samples(X, y)
-    batch_size = _count(batch_size, "batch_size")
+    batch_size = val.integer(batch_size, "batch_size", 1)
     order = np.random.default_rng(seed).permutation(n) if shuffle else None
     stop = n - n % batch_size if drop_last else n
     return _batches(X, y, order, batch_size, stop)
@@ -450,15 +452,6 @@ def _batches(X, y, order, batch_size, stop):
 
 # --------------------------------------------------------------------------------------------
 # Argument checks
-
-
-def _count(value, name):
-    """`value` as an int >= 1 (TypeError for non-integers, including bool)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
 
 
 def _check_samples(X, y):

@@ -16,7 +16,8 @@ import numpy as np
 from . import _specs
 from ._config import threads_for
 from ._validation import (
-    as_array, as_float, as_labels, compute_dtype, finite_real, require_shape, unpack_cache,
+    FLOAT_DTYPES, as_array, as_float, as_labels, compute_dtype, finite_real, require_shape,
+    unpack_cache,
 )
 from .backend import kernels
 
@@ -137,8 +138,6 @@ def affine_backward(dout, cache):
 # activations: elementwise kernels over the raveled array
 
 
-_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
-
 # The kernels take 1-D C-contiguous float32/float64 ndarrays (they check it, with the NumPy
 # C-API, in ~0.05 us).  Tiny calls are dominated by Python overhead, so the common case -- plain
 # ndarrays that already have a native dtype and layout -- is recognised with a few attribute
@@ -147,7 +146,7 @@ _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _forward(kernel, x, *scalars):
-    if type(x) is np.ndarray and x.dtype in _NATIVE and x.flags.c_contiguous:
+    if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES and x.flags.c_contiguous:
         a = xc = x  # the common case, checked cheaply
     else:
         a = as_array(x, "x")
@@ -159,7 +158,7 @@ def _forward(kernel, x, *scalars):
 
 def _backward(kernel, dout, saved, saved_name, *scalars):
     fast = (  # the common case, checked cheaply: nothing to convert
-        type(dout) is np.ndarray and type(saved) is np.ndarray and dout.dtype in _NATIVE
+        type(dout) is np.ndarray and type(saved) is np.ndarray and dout.dtype in FLOAT_DTYPES
         and saved.dtype == dout.dtype and dout.flags.c_contiguous and saved.flags.c_contiguous
     )
     d = dout if fast else as_array(dout, "dout")

@@ -49,16 +49,6 @@ __all__ = [
     "LOSSES",
 ]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _float_dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt not in _FLOATS:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
 class _Buffers:
     """Named arrays reused while their shape stays the same (kernels never allocate)."""
 
@@ -169,14 +159,6 @@ _INITS = {
 }
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
 class Linear(Module):
     """Fully-connected layer ``y = x @ W + b``.
 
@@ -199,9 +181,9 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None,
                  init="he"):
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.dtype = _float_dtype(dtype)
+        self.in_features = val.integer(in_features, "in_features", 1)
+        self.out_features = val.integer(out_features, "out_features", 1)
+        self.dtype = val.float_dtype(dtype)
         if init not in _INITS:
             raise ValueError(f"init must be one of {sorted(_INITS)}, got {init!r}")
         std = _INITS[init](self.in_features, self.out_features)
@@ -614,7 +596,7 @@ class Sequential(Module):
 
     def _batches(self, x, batch_size):
         a = val.as_array(x, "x")
-        _positive_int(batch_size, "batch_size")
+        val.integer(batch_size, "batch_size", 1)
         for start in range(0, a.shape[0], batch_size):
             yield a[start:start + batch_size]
 
@@ -639,7 +621,7 @@ class Sequential(Module):
         argmax of the outputs with integer labels (NaN for regression targets).
         """
         crit = loss or self.criterion or SoftmaxCrossEntropy()
-        _positive_int(batch_size, "batch_size")
+        val.integer(batch_size, "batch_size", 1)
         a = val.as_array(x, "x")
         t = np.asarray(y)
         if t.shape[0] != a.shape[0]:
@@ -676,7 +658,7 @@ class MLP(Sequential):
 
     def __init__(self, sizes, activation="relu", loss="softmax", bias=True, dtype=np.float32,
                  rng=None, init="he", **activation_kwargs):
-        sizes = [_positive_int(s, "sizes[i]") for s in sizes]
+        sizes = [val.integer(s, "sizes[i]", 1) for s in sizes]
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least input and output sizes, got {sizes}")
         if activation not in ACTIVATIONS:

@@ -34,13 +34,12 @@ state unchanged.  Every update is one fused kernel pass per parameter array
 ``"numpy"`` and ``"checked"`` apply here too.
 """
 
-import math
-import numbers
 from collections.abc import Mapping
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+from . import _validation as val
 from ._config import threads_for
 from .backend import kernels
 
@@ -56,60 +55,6 @@ __all__ = [
     "RMSProp",
 ]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-# --------------------------------------------------------------------------------------------
-# scalar checks
-
-
-def _real(value, name):
-    """`value` as a finite float (TypeError for non-numbers and bools, ValueError if not finite)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _nonnegative(value, name):
-    value = _real(value, name)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def _positive(value, name):
-    value = _real(value, name)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
-def _fraction(value, name):
-    """A decay factor (momentum, beta, decay rate) in [0, 1)."""
-    value = _real(value, name)
-    if not 0 <= value < 1:
-        raise ValueError(f"{name} must lie in [0, 1), got {value}")
-    return value
-
-
-def _count(value, name):
-    """A step count: an integer >= 0."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer step count, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
-
-
-def _flag(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
-    return bool(value)
-
-
 # --------------------------------------------------------------------------------------------
 # course rules
 
@@ -120,13 +65,6 @@ def _config(config):
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
     return config
-
-
-def _float_param(w, name):
-    if not isinstance(w, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(w).__name__}")
-    if w.dtype not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got dtype {w.dtype}")
 
 
 def _gradient(w, dw, w_name="w", dw_name="dw"):
@@ -187,8 +125,8 @@ def sgd(w, dw, config=None):
         For mismatched shapes, a read-only w, or a negative or non-finite learning_rate.
     """
     config = _config(config)
-    lr = _nonnegative(config.get("learning_rate", 1e-2), "learning_rate")
-    _float_param(w, "w")
+    lr = val.real(config.get("learning_rate", 1e-2), "learning_rate", 0)
+    val.float_array(w, "w")
     g = _gradient(w, dw)
     if not w.flags.writeable:
         raise ValueError("w is read-only, but sgd updates it in place")
@@ -229,9 +167,9 @@ def sgd_momentum(w, dw, config=None):
         [0, 1) and a velocity of the wrong shape, TypeError for a non-numeric velocity.
     """
     config = _config(config)
-    lr = _nonnegative(config.get("learning_rate", 1e-2), "learning_rate")
-    mu = _fraction(config.get("momentum", 0.9), "momentum")
-    _float_param(w, "w")
+    lr = val.real(config.get("learning_rate", 1e-2), "learning_rate", 0)
+    mu = val.fraction(config.get("momentum", 0.9), "momentum")
+    val.float_array(w, "w")
     g = _gradient(w, dw)
     v = _fresh_state(config, "velocity", w)
     next_w = np.array(w, order="C", copy=True)
@@ -273,9 +211,9 @@ def sgd_momentum_torch(w, dw, config=None):
         As for :func:`sgd_momentum`.
     """
     config = _config(config)
-    lr = _nonnegative(config.get("learning_rate", 1e-2), "learning_rate")
-    mu = _fraction(config.get("momentum", 0.9), "momentum")
-    _float_param(w, "w")
+    lr = val.real(config.get("learning_rate", 1e-2), "learning_rate", 0)
+    mu = val.fraction(config.get("momentum", 0.9), "momentum")
+    val.float_array(w, "w")
     g = _gradient(w, dw)
     b = _fresh_state(config, "momentum_buffer", w)
     next_w = np.array(w, order="C", copy=True)
@@ -318,10 +256,10 @@ def rmsprop(w, dw, config=None):
         epsilon <= 0 (or non-finite).
     """
     config = _config(config)
-    lr = _nonnegative(config.get("learning_rate", 1e-2), "learning_rate")
-    rho = _fraction(config.get("decay_rate", 0.99), "decay_rate")
-    eps = _positive(config.get("epsilon", 1e-8), "epsilon")
-    _float_param(w, "w")
+    lr = val.real(config.get("learning_rate", 1e-2), "learning_rate", 0)
+    rho = val.fraction(config.get("decay_rate", 0.99), "decay_rate")
+    eps = val.real(config.get("epsilon", 1e-8), "epsilon", 0, strict=True)
+    val.float_array(w, "w")
     g = _gradient(w, dw)
     cache = _fresh_state(config, "cache", w)
     next_w = np.array(w, order="C", copy=True)
@@ -368,12 +306,12 @@ def adam(w, dw, config=None):
         TypeError for a non-integer t.
     """
     config = _config(config)
-    lr = _nonnegative(config.get("learning_rate", 1e-3), "learning_rate")
-    beta1 = _fraction(config.get("beta1", 0.9), "beta1")
-    beta2 = _fraction(config.get("beta2", 0.999), "beta2")
-    eps = _positive(config.get("epsilon", 1e-8), "epsilon")
-    t = _count(config.get("t", 0), "t") + 1
-    _float_param(w, "w")
+    lr = val.real(config.get("learning_rate", 1e-3), "learning_rate", 0)
+    beta1 = val.fraction(config.get("beta1", 0.9), "beta1")
+    beta2 = val.fraction(config.get("beta2", 0.999), "beta2")
+    eps = val.real(config.get("epsilon", 1e-8), "epsilon", 0, strict=True)
+    t = val.integer(config.get("t", 0), "t", 0) + 1
+    val.float_array(w, "w")
     g = _gradient(w, dw)
     m = _fresh_state(config, "m", w)
     v = _fresh_state(config, "v", w)
@@ -523,7 +461,7 @@ class Optimizer:
                              f"unexpected {extra}")
         work = []
         for name, p in params.items():
-            _float_param(p, f"params[{name!r}]")
+            val.float_array(p, f"params[{name!r}]")
             if not p.flags.c_contiguous:
                 raise ValueError(f"params[{name!r}] must be C-contiguous (it is updated in place "
                                  "through a flat view)")
@@ -625,9 +563,9 @@ class Optimizer:
         out, layout = {}, None
         for key, value in entry.items():
             if key == "step":
-                out[key] = _count(value, f"{where}['step']")
+                out[key] = val.integer(value, f"{where}['step']", 0)
                 continue
-            _float_param(value, f"{where}[{key!r}]")
+            val.float_array(value, f"{where}[{key!r}]")
             if layout is not None and (value.shape, value.dtype) != layout:
                 raise ValueError(f"{where}: the state arrays differ in shape or dtype")
             layout = (value.shape, value.dtype)
@@ -689,10 +627,10 @@ class SGD(Optimizer):
     @classmethod
     def _validate(cls, lr, momentum, weight_decay, nesterov):
         hp = {
-            "lr": _nonnegative(lr, "lr"),
-            "momentum": _fraction(momentum, "momentum"),
-            "weight_decay": _nonnegative(weight_decay, "weight_decay"),
-            "nesterov": _flag(nesterov, "nesterov"),
+            "lr": val.real(lr, "lr", 0),
+            "momentum": val.fraction(momentum, "momentum"),
+            "weight_decay": val.real(weight_decay, "weight_decay", 0),
+            "nesterov": val.flag(nesterov, "nesterov"),
         }
         if hp["nesterov"] and hp["momentum"] == 0:
             raise ValueError("nesterov requires momentum > 0")
@@ -784,10 +722,10 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         return {
-            "lr": _nonnegative(lr, "lr"),
-            "betas": (_fraction(betas[0], "betas[0]"), _fraction(betas[1], "betas[1]")),
-            "eps": _positive(eps, "eps"),
-            "weight_decay": _nonnegative(weight_decay, "weight_decay"),
+            "lr": val.real(lr, "lr", 0),
+            "betas": (val.fraction(betas[0], "betas[0]"), val.fraction(betas[1], "betas[1]")),
+            "eps": val.real(eps, "eps", 0, strict=True),
+            "weight_decay": val.real(weight_decay, "weight_decay", 0),
         }
 
     def _update(self, w, g, state, hp, n_threads):
@@ -839,10 +777,10 @@ class RMSProp(Optimizer):
     @classmethod
     def _validate(cls, lr, alpha, eps, weight_decay):
         return {
-            "lr": _nonnegative(lr, "lr"),
-            "alpha": _fraction(alpha, "alpha"),
-            "eps": _positive(eps, "eps"),
-            "weight_decay": _nonnegative(weight_decay, "weight_decay"),
+            "lr": val.real(lr, "lr", 0),
+            "alpha": val.fraction(alpha, "alpha"),
+            "eps": val.real(eps, "eps", 0, strict=True),
+            "weight_decay": val.real(weight_decay, "weight_decay", 0),
         }
 
     def _update(self, w, g, state, hp, n_threads):

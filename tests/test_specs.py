@@ -97,3 +97,4 @@ def test_forms_and_conditions():
     assert leaky.fused(0.2) == _specs.FusedActivation("leaky_relu", 0.2, False)
     assert leaky.fused(-0.5) is None  # the output form needs alpha >= 0
     assert np.dtype(type(leaky.fused(1).alpha)) == np.float64
+
