@@ -111,6 +111,32 @@ cdef inline char *array_data(object a, str kernel, str name, int typenum, bint w
     return cnp.PyArray_BYTES(arr)
 
 
+cdef inline char *matrix_data(object a, str kernel, str name, int typenum, bint writeable,
+                              Py_ssize_t rows, Py_ssize_t cols) except? NULL:
+    """The data pointer of a 2-D `a`, checked as array_data is (the dtype of the call, C order,
+    writeable when written), with shape (rows, cols); a negative rows or cols is not checked.
+    None gives NULL (an optional buffer); the caller decides whether None is allowed."""
+    if a is None:
+        return NULL
+    cdef cnp.ndarray arr = _typed(a, kernel, name, typenum)
+    if cnp.PyArray_NDIM(arr) != 2:
+        raise ValueError(f"{kernel}: {name} must be 2-D, got shape {a.shape}")
+    _check_layout(arr, kernel, name, writeable)
+    cdef Py_ssize_t r = cnp.PyArray_DIM(arr, 0), c = cnp.PyArray_DIM(arr, 1)
+    if (rows >= 0 and r != rows) or (cols >= 0 and c != cols):
+        raise ValueError(f"{kernel}: {name} has shape {(r, c)}, expected "
+                         f"{(rows if rows >= 0 else r, cols if cols >= 0 else c)}")
+    return cnp.PyArray_BYTES(arr)
+
+
+cdef inline char *vector_data(object a, str kernel, str name, int typenum, bint writeable,
+                              Py_ssize_t n, str sized_by) except? NULL:
+    """array_data for an optional 1-D buffer of length n: None gives NULL."""
+    if a is None:
+        return NULL
+    return array_data(a, kernel, name, typenum, writeable, n, sized_by)
+
+
 cdef inline int check_threads(str kernel, int n_threads) except -1:
     """ValueError unless n_threads >= 1 (prange(num_threads=0) is not "serial")."""
     if n_threads < 1:

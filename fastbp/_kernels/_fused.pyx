@@ -15,8 +15,9 @@ b. What the backward reads: the saved OUTPUT a for relu, leaky_relu (alpha >= 0)
    so no pre-activation is stored for them; the pre-activation z for gelu / gelu_tanh.
    Negative alpha breaks the output form; the planner (fastbp._planner, from the spec table's
    ``output_form_valid``) never fuses it.
-c. Layout and ownership: C-contiguous (N, M) buffers, `floating` (float32 / float64), all
-   passed in; nothing is allocated.
+c. Layout and ownership: C-contiguous (N, M) ndarrays of float32 or float64, all passed in;
+   nothing is allocated.  The entry checks them with the NumPy C-API (_arrays.pxd), as every
+   kernel module does.
 d. Parallelism: the epilogue runs over rows; the backward over blocks of 256 columns, each
    thread owning whole columns and adding the rows in order, so db is identical for any thread
    count (the same order as _linear's bias gradient).  The activation is chosen once per row
@@ -28,10 +29,14 @@ e. Activations are named by string at the Python boundary (the codes of the spec
 f. Only kernels with a NumPy twin (fastbp.reference.fused) live here; the whole-step FusedStep,
    which has none, is in _step.pyx.
 """
+cimport numpy as cnp
 from cython cimport floating
 
+from ._arrays cimport check_threads, float_type, matrix_data, vector_data
 from ._blas cimport gemm_rm
 from ._fused_loops cimport _backward, _epilogue, activation_codes, differentiated_from_input
+
+cnp.import_array()
 
 __all__ = ["linear_act_forward", "act_backward_bias"]
 
@@ -48,66 +53,80 @@ def _code(str activation):
                          f"got {activation!r}") from None
 
 
-def linear_act_forward(const floating[:, ::1] x, const floating[:, ::1] w,
-                       const floating[::1] b, str activation, double alpha,
-                       floating[:, ::1] pre, floating[:, ::1] out, int n_threads=1):
+cdef void _forward(floating tag, const floating *x, const floating *w, const floating *b,
+                   floating *pre, floating *out, Py_ssize_t n, Py_ssize_t d, Py_ssize_t m,
+                   int act, floating alpha, int n_threads) noexcept nogil:
+    """out := act(x·w + b), pre := x·w + b (pre may be NULL), for n, m > 0."""
+    gemm_rm(False, False, <int>n, <int>m, <int>d, 1.0, x if d else NULL, <int>max(d, 1),
+            w if d else NULL, <int>m, 0.0, out, <int>m)
+    _epilogue(out, b, pre, n, m, act, alpha, n_threads)
+
+
+cdef void _backward_bias(floating tag, const floating *dout, const floating *saved,
+                         floating *dz, floating *db, Py_ssize_t n, Py_ssize_t m, int act,
+                         double alpha, double scale, double beta,
+                         int n_threads) noexcept nogil:
+    """dz := dout * act'(saved), db := scale * Σ_rows dz + beta * db (db may be NULL), m > 0."""
+    cdef Py_ssize_t j
+    if n == 0:
+        if db != NULL:
+            for j in range(m):
+                db[j] = 0 if beta == 0 else <floating>(beta * db[j])
+        return
+    _backward(dout, saved, dz, db, n, m, act, <floating>alpha, <floating>scale,
+              <floating>beta, n_threads)
+
+
+def linear_act_forward(x, w, b, str activation, double alpha, pre, out, int n_threads=1):
     """out := act(x @ w + b); pre := x @ w + b when pre is not None (required for gelu*)."""
+    cdef str k = "linear_act_forward"
     cdef int act = _code(activation)
-    cdef Py_ssize_t n = x.shape[0], d = x.shape[1], m = w.shape[1], i
-    if w.shape[0] != d:
-        raise ValueError(f"linear_act_forward: w has {w.shape[0]} rows, x has {d} columns")
-    if out.shape[0] != n or out.shape[1] != m:
-        raise ValueError(f"linear_act_forward: out has shape {(out.shape[0], out.shape[1])}, "
-                         f"expected {(n, m)}")
-    if b is not None and b.shape[0] != m:
-        raise ValueError(f"linear_act_forward: b has length {b.shape[0]}, expected {m}")
-    if pre is not None and (pre.shape[0] != n or pre.shape[1] != m):
-        raise ValueError(f"linear_act_forward: pre has shape {(pre.shape[0], pre.shape[1])}, "
-                         f"expected {(n, m)}")
+    cdef int t = float_type(x, k, "x")
+    cdef const char *px = matrix_data(x, k, "x", t, False, -1, -1)
+    cdef Py_ssize_t n = (<cnp.ndarray>x).shape[0], d = (<cnp.ndarray>x).shape[1]
+    cdef const char *pw = matrix_data(w, k, "w", t, False, d, -1)
+    cdef Py_ssize_t m = (<cnp.ndarray>w).shape[1]
+    cdef const char *pb = vector_data(b, k, "b", t, False, m, "w's columns")
+    cdef char *ppre = matrix_data(pre, k, "pre", t, True, n, m)
+    cdef char *po = matrix_data(out, k, "out", t, True, n, m)
+    check_threads(k, n_threads)
     if pre is None and activation in DIFFERENTIATED_FROM_INPUT:
         raise ValueError(f"linear_act_forward: {activation} needs `pre` (its backward reads z)")
     if n == 0 or m == 0:
         return
-    cdef const floating *pb = NULL
-    cdef floating *ppre = NULL
-    cdef floating falpha = <floating>alpha
-    if b is not None:
-        pb = &b[0]
-    if pre is not None:
-        ppre = &pre[0, 0]
     with nogil:
-        gemm_rm(False, False, <int>n, <int>m, <int>d, 1.0,
-                &x[0, 0] if d else NULL, <int>max(d, 1),
-                &w[0, 0] if d else NULL, <int>m, 0.0, &out[0, 0], <int>m)
-        _epilogue(&out[0, 0], pb, ppre, n, m, act, falpha, n_threads)
+        if t == cnp.NPY_FLOAT32:
+            _forward(<float>0, <const float *>px, <const float *>pw, <const float *>pb,
+                     <float *>ppre, <float *>po, n, d, m, act, <float>alpha, n_threads)
+        else:
+            _forward(<double>0, <const double *>px, <const double *>pw, <const double *>pb,
+                     <double *>ppre, <double *>po, n, d, m, act, alpha, n_threads)
 
 
-def act_backward_bias(const floating[:, ::1] dout, const floating[:, ::1] saved,
-                      str activation, double alpha, floating[:, ::1] dz, floating[::1] db,
-                      double scale=1.0, double beta=0.0, int n_threads=1):
+def act_backward_bias(dout, saved, str activation, double alpha, dz, db, double scale=1.0,
+                      double beta=0.0, int n_threads=1):
     """dz := dout * act'(saved);  db := scale * Σ_rows dz + beta * db  (db may be None).
 
     `saved` is the forward output for every activation except gelu / gelu_tanh (their
     pre-activation).  dz may be dout itself.
     """
+    cdef str k = "act_backward_bias"
     cdef int act = _code(activation)
-    cdef Py_ssize_t n = dout.shape[0], m = dout.shape[1], blk
-    for name, arr in (("saved", saved), ("dz", dz)):
-        if arr.shape[0] != n or arr.shape[1] != m:
-            raise ValueError(f"act_backward_bias: {name} has shape "
-                             f"{(arr.shape[0], arr.shape[1])}, expected {(n, m)}")
-    if db is not None and db.shape[0] != m:
-        raise ValueError(f"act_backward_bias: db has length {db.shape[0]}, expected {m}")
+    cdef int t = float_type(dout, k, "dout")
+    cdef const char *pg = matrix_data(dout, k, "dout", t, False, -1, -1)
+    cdef Py_ssize_t n = (<cnp.ndarray>dout).shape[0], m = (<cnp.ndarray>dout).shape[1]
+    cdef const char *ps = matrix_data(saved, k, "saved", t, False, n, m)
+    cdef char *pdz = matrix_data(dz, k, "dz", t, True, n, m)
+    cdef char *pdb = vector_data(db, k, "db", t, True, m, "dout's columns")
+    check_threads(k, n_threads)
+    if saved is None or dz is None:
+        raise TypeError(f"{k}: saved and dz must be numpy.ndarray, got None")
     if m == 0:
         return
-    cdef floating *pdb = NULL
-    if db is not None:
-        pdb = &db[0]
-    if n == 0:
-        if pdb != NULL:
-            for blk in range(m):
-                pdb[blk] = 0 if beta == 0 else <floating>(beta * pdb[blk])
-        return
     with nogil:
-        _backward(&dout[0, 0], &saved[0, 0], &dz[0, 0], pdb, n, m, act, <floating>alpha,
-                  <floating>scale, <floating>beta, n_threads)
+        if t == cnp.NPY_FLOAT32:
+            _backward_bias(<float>0, <const float *>pg, <const float *>ps, <float *>pdz,
+                           <float *>pdb, n, m, act, alpha, scale, beta, n_threads)
+        else:
+            _backward_bias(<double>0, <const double *>pg, <const double *>ps, <double *>pdz,
+                           <double *>pdb, n, m, act, alpha, scale, beta, n_threads)
