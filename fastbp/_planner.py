@@ -33,6 +33,7 @@ write, so a failed step leaves the model as it was.
 This module imports no layer or optimizer class: layers and optimizers declare what they are.
 """
 
+from types import MappingProxyType
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -156,11 +157,12 @@ class StepCache:
     """What a model keeps between fused steps: work buffers, and compiled steps for the plan
     they were built for (dropped as soon as the plan changes)."""
 
-    __slots__ = ("buffers", "plan_key", "plan", "compiled")
+    __slots__ = ("buffers", "plan_key", "plan", "names", "compiled")
 
     def __init__(self):
         self.buffers = {}
         self.plan_key = self.plan = None
+        self.names = ()  # the plan's parameter names, in order ("0.W", "0.b", "2.W", ...)
         self.compiled = {}
 
     def buffer(self, name, shape, dtype):
@@ -174,25 +176,29 @@ class StepCache:
         if self.plan_key != plan.key:
             self.compiled.clear()
             self.plan_key, self.plan = plan.key, plan  # the plan keeps the key's objects alive
-        velocities = _velocities(plan, optimizer, update)
-        key = (n, loss_kernel, tuple(map(id, velocities)))
+            self.names = tuple(f"{s.index}.{pname}" for s in plan.stages
+                               for pname, p in (("W", s.W), ("b", s.b)) if p is not None)
+        key = (n, loss_kernel, self._velocity_ids(optimizer, update))
         step = self.compiled.get(key)
         if step is None:
             step = _build_step(plan, optimizer, n, loss_kernel)
-            key = (n, loss_kernel, tuple(map(id, _velocities(plan, optimizer, update))))
+            key = (n, loss_kernel, self._velocity_ids(optimizer, update))
             if len(self.compiled) >= 4:  # a few batch sizes (an epoch's last partial batch)
                 self.compiled.pop(next(iter(self.compiled)))
             self.compiled[key] = step
         return step
 
 
-def _velocities(plan, optimizer, update):
-    """The optimizer's velocity arrays for every parameter of the plan (None where absent)."""
-    if update.state_key is None:
-        return ()
-    state = optimizer.state
-    return tuple(state.get(f"{s.index}.{pname}", {}).get(update.state_key)
-                 for s in plan.stages for pname, p in (("W", s.W), ("b", s.b)) if p is not None)
+    def _velocity_ids(self, optimizer, update):
+        """ids of the optimizer's velocity arrays for the plan's parameters (of None where
+        absent); the FusedStep built for them keeps them alive."""
+        if update.state_key is None:
+            return ()
+        state, key = optimizer.state, update.state_key
+        return tuple(id(state.get(name, _NO_STATE).get(key)) for name in self.names)
+
+
+_NO_STATE = MappingProxyType({})
 
 
 def _build_step(plan, optimizer, n, loss_kernel):

@@ -34,6 +34,7 @@ state unchanged.  Every update is one fused kernel pass per parameter array
 ``"numpy"`` and ``"checked"`` apply here too.
 """
 
+import math
 from collections.abc import Mapping
 from typing import Callable, NamedTuple, Optional
 
@@ -663,6 +664,11 @@ class SGD(Optimizer):
     def fused_update(self):
         """Heavy-ball SGD (no Nesterov, no weight decay) runs inside the compiled step; a
         subclass that changes the update (overrides ``_update``) does not."""
+        lr, mu = self.lr, self.momentum
+        if (type(lr) is float and type(mu) is float and 0 <= lr < math.inf and 0 <= mu < 1
+                and self.weight_decay == 0 and self.nesterov is False and type(self) is SGD):
+            # the common case, as _validate would return it, checked in ~0.3 us (every step)
+            return FusedUpdate(lr, mu, "momentum_buffer" if mu else None)
         hp = self._validate(**self.hyperparameters())
         cls = type(self)
         if (hp["weight_decay"] != 0 or hp["nesterov"] or cls._update is not SGD._update
