@@ -10,6 +10,7 @@ from helpers import DTYPES, assert_close
 
 import fastbp
 from fastbp import io, nn, optim
+from fastbp._specs import ACTIVATIONS as SPEC_ACTIVATIONS
 
 OPTIMIZERS = {
     "sgd": lambda: optim.SGD(lr=0.1),
@@ -29,6 +30,10 @@ def _unfused_step(model, x, y, loss, opt):
     model.backward(loss.backward())
     opt.step(model.params, model.grads)
     return value
+
+
+def _mlp(sizes, act="relu", dtype=np.float64, seed=0, loss="softmax", **kw):
+    return nn.MLP(sizes, activation=act, dtype=dtype, rng=seed, loss=loss, **kw)
 
 
 def _fresh_linear(model, i, j, dtype):
@@ -287,3 +292,146 @@ def test_save_model_of_a_model_that_is_no_longer_an_mlp_raises(tmp_path):
     del model.layers[4]
     with pytest.raises(ValueError, match="not Linear -> activation"):
         model.sizes
+
+
+# ---- the fused step == the kernel-by-kernel path; its caches ------------------------------
+
+def test_buffers_are_reused_across_steps(rng):
+    model = _mlp([8, 16, 3], dtype=np.float32)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    out1 = model.forward(x)
+    out2 = model.forward(x + 1)
+    assert np.shares_memory(out1, out2)
+    g1 = model.backward(np.ones_like(out2))
+    g2 = model.backward(np.ones_like(out2))
+    assert np.shares_memory(g1, g2)
+    y = np.array([0, 1, 2, 0])
+    loss = nn.SoftmaxCrossEntropy()
+    # the compiled step (SGD, momentum): one plan, built on the first step and reused
+    opt = optim.SGD(lr=0.1, momentum=0.9)
+    model.train_step(x, y, loss, opt)
+    (step,) = model._step_cache.compiled.values()
+    model.train_step(x, y, loss, opt)
+    assert list(model._step_cache.compiled.values()) == [step]
+    # the kernel-by-kernel fused path (Adam): its buffers are reused too
+    adam = optim.Adam(lr=1e-3)
+    model.train_step(x, y, loss, adam)
+    buffers = dict(model._step_cache.buffers)
+    model.train_step(x, y, loss, adam)
+    assert buffers
+    for k, v in model._step_cache.buffers.items():
+        assert v is buffers[k]
+
+
+@pytest.mark.parametrize("make_opt", list(OPTIMIZERS.values()), ids=list(OPTIMIZERS))
+@pytest.mark.parametrize("act", list(SPEC_ACTIVATIONS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_train_step_equals_unfused_path(make_opt, act, dtype):
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((16, 10)).astype(dtype)
+    y = gen.integers(0, 4, 16)
+    fused, plain = _mlp([10, 12, 9, 4], act, dtype), _mlp([10, 12, 9, 4], act, dtype)
+    assert fused._fusion_plan() is not None
+    opt_f, opt_p = make_opt(), make_opt()
+    loss_f, loss_p = nn.SoftmaxCrossEntropy(), nn.SoftmaxCrossEntropy()
+    for _ in range(3):
+        vf = fused.train_step(x, y, loss_f, opt_f)
+        vp = _unfused_step(plain, x, y, loss_p, opt_p)
+        assert_close(vf, vp, dtype, scale=10)
+    for name, p in plain.params.items():
+        assert_close(fused.params[name], p, dtype, scale=10)
+
+
+@pytest.mark.parametrize("loss", ["svm", "mse"])
+def test_train_step_with_other_losses(loss):
+    gen = np.random.default_rng(1)
+    x = gen.standard_normal((8, 5))
+    y = gen.standard_normal((8, 3)) if loss == "mse" else gen.integers(0, 3, 8)
+    fused, plain = _mlp([5, 6, 3], loss=loss), _mlp([5, 6, 3], loss=loss)
+    opt_f, opt_p = optim.SGD(lr=0.1, momentum=0.5), optim.SGD(lr=0.1, momentum=0.5)
+    for _ in range(2):
+        fused.train_step(x, y, nn.LOSSES[loss](), opt_f)
+        _unfused_step(plain, x, y, nn.LOSSES[loss](), opt_p)
+    for name, p in plain.params.items():
+        assert_close(fused.params[name], p, np.float64)
+
+
+def test_unfusable_chain_falls_back_to_the_unfused_path():
+    gen = np.random.default_rng(2)
+    model = nn.Sequential(nn.Linear(4, 5, dtype=np.float64, rng=gen), nn.ReLU(), nn.Tanh(),
+                          nn.Linear(5, 3, dtype=np.float64, rng=gen))
+    assert model._fusion_plan() is None
+    leaky = nn.Sequential(nn.Linear(4, 5, dtype=np.float64), nn.LeakyReLU(-0.5),
+                          nn.Linear(5, 3, dtype=np.float64))
+    assert leaky._fusion_plan() is None
+    x, y = gen.standard_normal((6, 4)), gen.integers(0, 3, 6)
+    before = model.state_dict()
+    value = model.train_step(x, y, nn.SoftmaxCrossEntropy(), optim.SGD(lr=0.1))
+    assert np.isfinite(value)
+    assert any(not np.array_equal(before[k], v) for k, v in model.params.items())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "checked"])
+def test_train_step_under_other_backends(backend):
+    gen = np.random.default_rng(4)
+    x, y = gen.standard_normal((8, 6)), gen.integers(0, 3, 8)
+    a, b = _mlp([6, 7, 3], "gelu"), _mlp([6, 7, 3], "gelu")
+    va = a.train_step(x, y, nn.SoftmaxCrossEntropy(), optim.SGD(lr=0.1, momentum=0.9))
+    with fastbp.use_backend(backend):
+        vb = b.train_step(x, y, nn.SoftmaxCrossEntropy(), optim.SGD(lr=0.1, momentum=0.9))
+    assert_close(va, vb, np.float64)
+    for name, p in a.params.items():
+        assert_close(b.params[name], p, np.float64)
+
+
+def test_compiled_step_follows_replaced_parameters_and_state():
+    """The compiled plan is rebuilt when a parameter array or the optimizer state is replaced
+    (Solver-style rebinding, reset(), load_state_dict) — never writes into stale arrays."""
+    gen = np.random.default_rng(5)
+    x, y = gen.standard_normal((6, 4)), gen.integers(0, 3, 6)
+    fused, plain = _mlp([4, 5, 3]), _mlp([4, 5, 3])
+    opt_f, opt_p = optim.SGD(lr=0.1, momentum=0.9), optim.SGD(lr=0.1, momentum=0.9)
+    loss = nn.SoftmaxCrossEntropy()
+    fused.train_step(x, y, loss, opt_f)
+    _unfused_step(plain, x, y, loss, opt_p)
+    new_w = gen.standard_normal((4, 5))
+    fused.layers[0].params["W"] = new_w.copy()
+    plain.layers[0].params["W"] = new_w.copy()
+    opt_f.reset()
+    opt_p.reset()
+    for _ in range(2):
+        fused.train_step(x, y, loss, opt_f)
+        _unfused_step(plain, x, y, loss, opt_p)
+    for name, p in plain.params.items():
+        assert_close(fused.params[name], p, np.float64)
+    assert not np.array_equal(fused.layers[0].params["W"], new_w)
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 3]), np.array([-1, 0]), np.array([0, 1, 2])])
+def test_compiled_step_rejects_bad_labels_before_updating(labels):
+    model = _mlp([4, 5, 3])
+    opt = optim.SGD(lr=0.1, momentum=0.9)
+    x = np.ones((2, 4))
+    model.train_step(x, np.array([0, 1]), nn.SoftmaxCrossEntropy(), opt)  # builds the plan
+    before = model.state_dict()
+    velocity = {k: v["momentum_buffer"].copy() for k, v in opt.state.items()}
+    with pytest.raises(ValueError):
+        model.train_step(x, labels, nn.SoftmaxCrossEntropy(), opt)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k])
+    for k, v in opt.state.items():
+        np.testing.assert_array_equal(v["momentum_buffer"], velocity[k])
+
+
+def test_compiled_step_handles_changing_batch_sizes_and_label_dtypes():
+    gen = np.random.default_rng(6)
+    fused, plain = _mlp([4, 6, 3], dtype=np.float32), _mlp([4, 6, 3], dtype=np.float32)
+    opt_f, opt_p = optim.SGD(lr=0.05), optim.SGD(lr=0.05)
+    for n in (5, 2, 5, 7):
+        x = gen.standard_normal((n, 4))  # float64 data into a float32 model
+        y = gen.integers(0, 3, n).astype(np.uint8)
+        vf = fused.train_step(x, y, nn.SoftmaxCrossEntropy(), opt_f)
+        vp = _unfused_step(plain, x.astype(np.float32), y, nn.SoftmaxCrossEntropy(), opt_p)
+        assert_close(vf, vp, np.float32)
+    for name, p in plain.params.items():
+        assert_close(fused.params[name], p, np.float32)
