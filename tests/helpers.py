@@ -83,3 +83,15 @@ def layer_variants(row):
 def saved_name(row):
     """What the elementwise backward reads, as its argument is named: "x" or "y"."""
     return "y" if row.backward_reads == "output" else "x"
+
+
+def torch_activation(torch, row, value=None):
+    """PyTorch's function of an activation row (the table's names and parameters are
+    PyTorch's), at the public parameter `value` (a real, or a form name; default: the row's)."""
+    fn = getattr(torch, row.name, None) or getattr(torch.nn.functional, row.name)
+    if row.param is None:
+        return fn
+    value = row.default if value is None else value
+    if row.forms:
+        return lambda t: fn(t, **{row.param: value})
+    return lambda t: fn(t, value)

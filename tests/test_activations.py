@@ -6,7 +6,9 @@ n_threads x activation (with its alpha / GELU-form variants), inputs read-only.
 
 import numpy as np
 import pytest
-from helpers import DTYPES, ODD_SHAPES, THREADS, assert_close, kernel_variants, saved_name, tol
+from helpers import (
+    DTYPES, ODD_SHAPES, THREADS, assert_close, kernel_variants, saved_name, tol, torch_activation,
+)
 
 from fastbp._specs import ACTIVATIONS as SPEC_ACTIVATIONS
 
@@ -287,18 +289,12 @@ def test_kernel_argument_errors():
 # ---- PyTorch -------------------------------------------------------------------------------
 
 def _torch_forward(torch, name, kw, t):
-    F = torch.nn.functional
-    if name == "relu":
-        return F.relu(t)
-    if name == "leaky_relu":
-        return F.leaky_relu(t, kw.get("alpha", 0.01))
-    if name == "sigmoid":
-        return torch.sigmoid(t)
-    if name == "tanh":
-        return torch.tanh(t)
-    if name == "elu":
-        return F.elu(t, kw.get("alpha", 1.0))
-    return F.gelu(t, approximate="tanh" if kw["approximate"] else "none")
+    """PyTorch at the kernels' keyword arguments `kw` (GELU's form as the kernels' flag)."""
+    row = SPEC_ACTIVATIONS[name]
+    value = kw.get(row.param) if row.param else None
+    if row.forms and value is not None:
+        value = row.forms[1] if value else row.forms[0]
+    return torch_activation(torch, row, value)(t)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -9,7 +9,9 @@ import math
 
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_close, layer_variants, numerical_gradient_array
+from helpers import (
+    DTYPES, assert_close, layer_variants, numerical_gradient_array, torch_activation,
+)
 from scipy.special import erf, expit
 
 import fastbp
@@ -328,19 +330,12 @@ def test_checked_backend_passes_whole_layer_api(dtype):
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_activations_match_pytorch(rng, name, kwargs):
     torch = pytest.importorskip("torch")
-    F = torch.nn.functional
-    fns = {
-        "relu": F.relu,
-        "leaky_relu": lambda t: F.leaky_relu(t, kwargs.get("alpha", 0.01)),
-        "sigmoid": torch.sigmoid,
-        "tanh": torch.tanh,
-        "elu": lambda t: F.elu(t, kwargs.get("alpha", 1.0)),
-        "gelu": lambda t: F.gelu(t, approximate=kwargs.get("approximate", "none")),
-    }
+    row = SPEC_ACTIVATIONS[name]
+    torch_fn = torch_activation(torch, row, kwargs.get(row.param) if row.param else None)
     x = rng.standard_normal((7, 11))
     dout = rng.standard_normal((7, 11))
     t = torch.tensor(x, requires_grad=True)
-    y = fns[name](t)
+    y = torch_fn(t)
     y.backward(torch.tensor(dout))
     fwd, bwd = layers.ACTIVATIONS[name][:2]
     out, cache = fwd(x, **kwargs)

@@ -98,3 +98,39 @@ def test_forms_and_conditions():
     assert leaky.fused(-0.5) is None  # the output form needs alpha >= 0
     assert np.dtype(type(leaky.fused(1).alpha)) == np.float64
 
+
+
+def _fastbp_imports(module):
+    """The fastbp modules `module` imports (relative imports resolved), at any depth."""
+    import ast
+    import importlib
+
+    mod = importlib.import_module(module)
+    package = module if mod.__file__.endswith("__init__.py") else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(open(mod.__file__).read())):
+        if isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            name = f"{base}.{node.module}" if node.level and node.module else (
+                base if node.level else node.module)
+            found.add(name)
+            found.update(f"{name}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {n for n in found if n.startswith("fastbp")}
+
+
+@pytest.mark.parametrize("module,forbidden", [
+    ("fastbp._specs", ("fastbp",)),
+    ("fastbp._planner", ("fastbp.nn", "fastbp.optim", "fastbp.layers", "fastbp.models")),
+    ("fastbp.nn", ("fastbp.layers", "fastbp.models", "fastbp.cli", "fastbp.io")),
+    ("fastbp.training", ("fastbp.cli",)),
+    ("fastbp.plot", ("fastbp",)),
+    ("fastbp.reference.fused", ("fastbp._kernels",)),
+])
+def test_imports_flow_one_way(module, forbidden):
+    bad = sorted(n for n in _fastbp_imports(module) for f in forbidden
+                 if n == f or n.startswith(f + "."))
+    assert not bad, f"{module} imports {bad}"
