@@ -159,17 +159,11 @@ class StepCache:
 
     __slots__ = ("buffers", "plan_key", "plan", "names", "compiled")
 
-    def __init__(self):
-        self.buffers = {}
+    def __init__(self, buffers):
+        self.buffers = buffers  # get(name, shape, dtype) -> a reused array (the model's kind)
         self.plan_key = self.plan = None
         self.names = ()  # the plan's parameter names, in order ("0.W", "0.b", "2.W", ...)
         self.compiled = {}
-
-    def buffer(self, name, shape, dtype):
-        a = self.buffers.get(name)
-        if a is None or a.shape != shape or a.dtype != dtype:
-            a = self.buffers[name] = np.empty(shape, dtype)
-        return a
 
     def compiled_step(self, plan, optimizer, update, n, loss_kernel):
         """The FusedStep for this plan, batch size, loss and velocity arrays (cached)."""
@@ -239,7 +233,7 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
     _check_parameters(plan)
     k = kernels()
     n, dtype = x.shape[0], plan.dtype
-    get = cache.buffer
+    get = cache.buffers.get
 
     # forward: keep each layer's input and what its activation's backward reads
     inputs, saved = [], []

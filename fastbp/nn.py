@@ -500,7 +500,7 @@ class Sequential(Module):
                 raise TypeError(f"layer {i} is a {type(layer).__name__}, not a fastbp.nn.Module")
         self.layers = list(layers)
         self.criterion = criterion
-        self._step_cache = StepCache()
+        self._step_cache = StepCache(_Buffers())
 
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)

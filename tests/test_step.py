@@ -316,10 +316,10 @@ def test_buffers_are_reused_across_steps(rng):
     # the kernel-by-kernel fused path (Adam): its buffers are reused too
     adam = optim.Adam(lr=1e-3)
     model.train_step(x, y, loss, adam)
-    buffers = dict(model._step_cache.buffers)
+    buffers = dict(model._step_cache.buffers._arrays)
     model.train_step(x, y, loss, adam)
     assert buffers
-    for k, v in model._step_cache.buffers.items():
+    for k, v in model._step_cache.buffers._arrays.items():
         assert v is buffers[k]
 
 

@@ -137,6 +137,29 @@ cdef inline char *vector_data(object a, str kernel, str name, int typenum, bint 
     return array_data(a, kernel, name, typenum, writeable, n, sized_by)
 
 
+cdef struct Affine:
+    # the checked arguments of an affine forward out := x·w (+ b): pointers and sizes
+    const char *x
+    const char *w
+    const char *b      # NULL without a bias
+    char *out
+    Py_ssize_t n, d, m
+
+
+cdef inline int affine_arrays(str kernel, object x, object w, object b, object out,
+                              Affine *a) except -1:
+    """Check x (N, D), w (D, M), b (M,) or None and out (N, M) as matrix_data / vector_data do,
+    fill `a`, and return the call's dtype (x's)."""
+    cdef int t = float_type(x, kernel, "x")
+    a.x = matrix_data(x, kernel, "x", t, False, -1, -1)
+    a.n, a.d = (<cnp.ndarray>x).shape[0], (<cnp.ndarray>x).shape[1]
+    a.w = matrix_data(w, kernel, "w", t, False, a.d, -1)
+    a.m = (<cnp.ndarray>w).shape[1]
+    a.b = vector_data(b, kernel, "b", t, False, a.m, "w's columns")
+    a.out = matrix_data(out, kernel, "out", t, True, a.n, a.m)
+    return t
+
+
 cdef inline int check_threads(str kernel, int n_threads) except -1:
     """ValueError unless n_threads >= 1 (prange(num_threads=0) is not "serial")."""
     if n_threads < 1:

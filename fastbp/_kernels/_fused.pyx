@@ -32,7 +32,9 @@ f. Only kernels with a NumPy twin (fastbp.reference.fused) live here; the whole-
 cimport numpy as cnp
 from cython cimport floating
 
-from ._arrays cimport check_threads, float_type, matrix_data, vector_data
+from ._arrays cimport (
+    Affine, affine_arrays, check_threads, float_type, matrix_data, vector_data,
+)
 from ._blas cimport gemm_rm
 from ._fused_loops cimport _backward, _epilogue, activation_codes, differentiated_from_input
 
@@ -81,26 +83,21 @@ def linear_act_forward(x, w, b, str activation, double alpha, pre, out, int n_th
     """out := act(x @ w + b); pre := x @ w + b when pre is not None (required for gelu*)."""
     cdef str k = "linear_act_forward"
     cdef int act = _code(activation)
-    cdef int t = float_type(x, k, "x")
-    cdef const char *px = matrix_data(x, k, "x", t, False, -1, -1)
-    cdef Py_ssize_t n = (<cnp.ndarray>x).shape[0], d = (<cnp.ndarray>x).shape[1]
-    cdef const char *pw = matrix_data(w, k, "w", t, False, d, -1)
-    cdef Py_ssize_t m = (<cnp.ndarray>w).shape[1]
-    cdef const char *pb = vector_data(b, k, "b", t, False, m, "w's columns")
-    cdef char *ppre = matrix_data(pre, k, "pre", t, True, n, m)
-    cdef char *po = matrix_data(out, k, "out", t, True, n, m)
+    cdef Affine a
+    cdef int t = affine_arrays(k, x, w, b, out, &a)
+    cdef char *ppre = matrix_data(pre, k, "pre", t, True, a.n, a.m)
     check_threads(k, n_threads)
     if pre is None and activation in DIFFERENTIATED_FROM_INPUT:
         raise ValueError(f"linear_act_forward: {activation} needs `pre` (its backward reads z)")
-    if n == 0 or m == 0:
+    if a.n == 0 or a.m == 0:
         return
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            _forward(<float>0, <const float *>px, <const float *>pw, <const float *>pb,
-                     <float *>ppre, <float *>po, n, d, m, act, <float>alpha, n_threads)
+            _forward(<float>0, <const float *>a.x, <const float *>a.w, <const float *>a.b,
+                     <float *>ppre, <float *>a.out, a.n, a.d, a.m, act, <float>alpha, n_threads)
         else:
-            _forward(<double>0, <const double *>px, <const double *>pw, <const double *>pb,
-                     <double *>ppre, <double *>po, n, d, m, act, alpha, n_threads)
+            _forward(<double>0, <const double *>a.x, <const double *>a.w, <const double *>a.b,
+                     <double *>ppre, <double *>a.out, a.n, a.d, a.m, act, alpha, n_threads)
 
 
 def act_backward_bias(dout, saved, str activation, double alpha, dz, db, double scale=1.0,

@@ -25,7 +25,9 @@ e. Entry: ndarrays checked with the NumPy C-API (_arrays.pxd: type, the dtype of
 cimport numpy as cnp
 from cython cimport floating
 
-from ._arrays cimport check_threads, float_type, matrix_data, vector_data
+from ._arrays cimport (
+    Affine, affine_arrays, check_threads, float_type, matrix_data, vector_data,
+)
 from ._blas cimport gemm_rm
 from ._fused_loops cimport IDENTITY, _epilogue, column_sum
 
@@ -61,24 +63,18 @@ cdef void _backward(floating tag, const floating *dout, const floating *x, const
 
 def linear_forward(x, w, b, out, int n_threads=1):
     """out := x @ w + b   (x (N, D), w (D, M), b (M,) or None, out (N, M))."""
-    cdef str k = "linear_forward"
-    cdef int t = float_type(x, k, "x")
-    cdef const char *px = matrix_data(x, k, "x", t, False, -1, -1)
-    cdef Py_ssize_t n = (<cnp.ndarray>x).shape[0], d = (<cnp.ndarray>x).shape[1]
-    cdef const char *pw = matrix_data(w, k, "w", t, False, d, -1)
-    cdef Py_ssize_t m = (<cnp.ndarray>w).shape[1]
-    cdef const char *pb = vector_data(b, k, "b", t, False, m, "w's columns")
-    cdef char *po = matrix_data(out, k, "out", t, True, n, m)
-    check_threads(k, n_threads)
-    if n == 0 or m == 0:
+    cdef Affine a
+    cdef int t = affine_arrays("linear_forward", x, w, b, out, &a)
+    check_threads("linear_forward", n_threads)
+    if a.n == 0 or a.m == 0:
         return
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            _forward(<float>0, <const float *>px, <const float *>pw, <const float *>pb,
-                     <float *>po, n, d, m, n_threads)
+            _forward(<float>0, <const float *>a.x, <const float *>a.w, <const float *>a.b,
+                     <float *>a.out, a.n, a.d, a.m, n_threads)
         else:
-            _forward(<double>0, <const double *>px, <const double *>pw, <const double *>pb,
-                     <double *>po, n, d, m, n_threads)
+            _forward(<double>0, <const double *>a.x, <const double *>a.w, <const double *>a.b,
+                     <double *>a.out, a.n, a.d, a.m, n_threads)
 
 
 def linear_backward(dout, x, w, dx, dw, db, double scale=1.0, double beta=0.0,
