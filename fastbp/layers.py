@@ -212,17 +212,27 @@ def relu_backward(dout, cache):
     return _backward("relu_backward", dout, cache, "cache x")
 
 
+def _alpha_forward(name, x, alpha):
+    """Forward of an activation with a real parameter alpha: ``(out, (x, alpha))``."""
+    alpha = finite_real(alpha, "alpha")
+    a, out = _forward(name + "_forward", x, alpha)
+    return out, (a, alpha)
+
+
+def _alpha_backward(name, dout, cache):
+    """Backward from the ``(x, alpha)`` cache of :func:`_alpha_forward`."""
+    x, alpha = unpack_cache(cache, "cache", 2)
+    return _backward(name + "_backward", dout, x, "cache x", finite_real(alpha, "cache alpha"))
+
+
 def leaky_relu_forward(x, alpha=0.01):
     """Leaky ReLU forward: ``x if x > 0 else alpha * x``; cache ``(x, alpha)``."""
-    alpha = finite_real(alpha, "alpha")
-    a, out = _forward("leaky_relu_forward", x, alpha)
-    return out, (a, alpha)
+    return _alpha_forward("leaky_relu", x, alpha)
 
 
 def leaky_relu_backward(dout, cache):
     """Leaky ReLU backward: ``dout * (1 if x > 0 else alpha)``; returns dx."""
-    x, alpha = unpack_cache(cache, "cache", 2)
-    return _backward("leaky_relu_backward", dout, x, "cache x", finite_real(alpha, "cache alpha"))
+    return _alpha_backward("leaky_relu", dout, cache)
 
 
 def sigmoid_forward(x):
@@ -249,15 +259,12 @@ def tanh_backward(dout, cache):
 
 def elu_forward(x, alpha=1.0):
     """ELU forward: ``x if x > 0 else alpha * (exp(x) - 1)``; cache ``(x, alpha)``."""
-    alpha = finite_real(alpha, "alpha")
-    a, out = _forward("elu_forward", x, alpha)
-    return out, (a, alpha)
+    return _alpha_forward("elu", x, alpha)
 
 
 def elu_backward(dout, cache):
     """ELU backward from the input: ``dout if x > 0 else dout * alpha * exp(x)``; returns dx."""
-    x, alpha = unpack_cache(cache, "cache", 2)
-    return _backward("elu_backward", dout, x, "cache x", finite_real(alpha, "cache alpha"))
+    return _alpha_backward("elu", dout, cache)
 
 
 def gelu_forward(x, approximate="none"):
@@ -347,12 +354,16 @@ def softmax_loss(x, y):
     TypeError
         For non-integer labels or non-numeric scores.
     """
+    return _classification_loss("softmax", x, y)
+
+
+def _classification_loss(name, x, y):
+    """(mean loss, dx) through the fused kernel of loss row `name` (fastbp._specs.LOSSES)."""
     s, labels, dtype = _scores_and_labels(x, y)
     n, c = s.shape
     dx = np.empty((n, c), dtype)
-    loss = kernels().softmax_cross_entropy(
-        s, labels, dx, np.empty(n, np.float64), 1.0 / n, threads_for(n * c)
-    )
+    loss = getattr(kernels(), _specs.LOSSES[name].kernel)(
+        s, labels, dx, np.empty(n, np.float64), 1.0 / n, threads_for(n * c))
     return dtype.type(loss), dx
 
 
@@ -363,11 +374,7 @@ def svm_loss(x, y):
     ``mean_i sum_{j != y_i} max(0, x_ij - x_iy_i + 1)``, and a margin of exactly 0 contributes
     no gradient.
     """
-    s, labels, dtype = _scores_and_labels(x, y)
-    n, c = s.shape
-    dx = np.empty((n, c), dtype)
-    loss = kernels().svm_hinge(s, labels, dx, np.empty(n, np.float64), 1.0 / n, threads_for(n * c))
-    return dtype.type(loss), dx
+    return _classification_loss("svm", x, y)
 
 
 def mse_loss(pred, target):
