@@ -13,8 +13,10 @@ Design
   the fused kernels (fastbp._kernels._fused): bias + activation in the GEMM epilogue, the
   activation derivative fused with the bias-gradient reduction, and the optimizer update folded
   into the weight-gradient GEMM where the optimizer allows it (``Optimizer.gemm_fold``).  The
-  unfused path (``forward``, ``backward``, ``optimizer.step``) is the reference it is tested
-  against.
+  plan comes from fastbp._planner on every step, from what each layer declares
+  (``Linear.fused_linear``, ``_Activation.fused_activation``, read from its spec-table row and
+  its current parameter), never from class names.  The unfused path (``forward``,
+  ``backward``, ``optimizer.step``) is the reference it is tested against.
 * Every input is validated before any kernel runs and before any parameter changes, so a failed
   ``train_step`` leaves the parameters as they were.
 * Parameter names in a ``Sequential`` are ``"<index>.<name>"`` (``"0.W"``, ``"0.b"``, ...).
