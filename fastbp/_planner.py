@@ -165,6 +165,11 @@ class StepCache:
         self.names = ()  # the plan's parameter names, in order ("0.W", "0.b", "2.W", ...)
         self.compiled = {}
 
+    def __reduce__(self):
+        """A copy (copy.deepcopy, pickle) is an empty cache: everything here is rebuilt on the
+        next step, and a compiled step points into the original's arrays."""
+        return type(self), (type(self.buffers)(),)
+
     def compiled_step(self, plan, optimizer, update, n, loss_kernel):
         """The FusedStep for this plan, batch size, loss and velocity arrays (cached)."""
         if self.plan_key != plan.key:

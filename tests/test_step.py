@@ -435,3 +435,21 @@ def test_compiled_step_handles_changing_batch_sizes_and_label_dtypes():
         assert_close(vf, vp, np.float32)
     for name, p in plain.params.items():
         assert_close(fused.params[name], p, np.float32)
+
+
+def test_a_trained_model_copies_and_pickles_with_an_empty_step_cache():
+    import copy
+    import pickle
+
+    gen = np.random.default_rng(11)
+    x, y = gen.standard_normal((8, 6)), gen.integers(0, 4, 8)
+    model, o = _model(np.float64), optim.SGD(lr=0.1, momentum=0.9)
+    model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+    clones = [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]
+    expected = model.train_step(x, y, nn.SoftmaxCrossEntropy(), copy.deepcopy(o))
+    for clone in clones:
+        assert not clone._step_cache.compiled
+        assert clone.train_step(x, y, nn.SoftmaxCrossEntropy(), copy.deepcopy(o)) == expected
+        for name, p in clone.params.items():
+            assert not np.shares_memory(p, model.params[name])
+            np.testing.assert_array_equal(p, model.params[name])
