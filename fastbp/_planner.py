@@ -22,8 +22,9 @@ update    folded into those GEMMs when the optimizer allows it (``Optimizer.gemm
           and runs ``step`` on them at the end.
 
 With the compiled backend, an optimizer whose ``fused_update()`` says so (plain or heavy-ball
-SGD) and a loss without ``check_finite``, the whole step runs as ONE nogil call
-(``fastbp._kernels._step.FusedStep``), built once per (plan, batch size, loss, velocities);
+SGD, Adam, RMSProp) and a loss without ``check_finite``, the whole step runs as ONE nogil call
+(``fastbp._kernels._step.FusedStep``), built once per (plan, batch size, loss, update kind,
+optimizer state arrays);
 anything else takes the kernel-by-kernel path, which the compiled step is tested against.
 
 Everything that can fail -- the input, labels, and every parameter and optimizer buffer the step
@@ -41,7 +42,7 @@ import numpy as np
 from . import _config, _specs
 from . import _validation as val
 from ._config import threads_for
-from ._kernels._step import FusedStep
+from ._kernels._step import UPDATE_KINDS, FusedStep
 from .backend import get_backend, kernels
 
 
@@ -76,6 +77,8 @@ class StepLayer(NamedTuple):
     dx: Optional[np.ndarray]      #: (n, in_features); None for the first layer
     act_code: int                 #: index in fastbp._specs.FUSED_ACTIVATIONS
     alpha: float
+    W_state: tuple = ()           #: Adam's (exp_avg, exp_avg_sq) / RMSProp's (square_avg,) of W
+    b_state: tuple = ()
 
 
 _ACT_CODES = {code: i for i, code in enumerate(_specs.FUSED_ACTIVATIONS)}
@@ -112,16 +115,16 @@ def fusion_plan(layers):
     return Plan(tuple(stages), dtype, (dtype, *key))
 
 
-def check_written(name, a, dtype, shape):
+def check_written(name, a, dtype, shape, hint=""):
     """Raise unless `a` is a writeable, C-contiguous ndarray of `dtype` and `shape` (an array
-    the step updates in place)."""
+    the step updates in place); `hint` ends the message of a dtype or shape mismatch."""
     if type(a) is not np.ndarray:
         raise TypeError(f"train_step: {name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != dtype:
         raise TypeError(f"train_step: {name} has dtype {a.dtype}, but the layer computes in "
-                        f"{dtype}")
+                        f"{dtype}{hint}")
     if a.shape != shape:
-        raise ValueError(f"train_step: {name} has shape {a.shape}, expected {shape}")
+        raise ValueError(f"train_step: {name} has shape {a.shape}, expected {shape}{hint}")
     if not a.flags.c_contiguous:
         raise ValueError(f"train_step: {name} must be C-contiguous, got strides {a.strides}")
     if not a.flags.writeable:
@@ -177,53 +180,74 @@ class StepCache:
             self.plan_key, self.plan = plan.key, plan  # the plan keeps the key's objects alive
             self.names = tuple(f"{s.index}.{pname}" for s in plan.stages
                                for pname, p in (("W", s.W), ("b", s.b)) if p is not None)
-        key = (n, loss_kernel, self._velocity_ids(optimizer, update))
+        key = (n, loss_kernel, update.kind, self._state_ids(optimizer, update))
         step = self.compiled.get(key)
         if step is None:
-            step = _build_step(plan, optimizer, n, loss_kernel)
-            key = (n, loss_kernel, self._velocity_ids(optimizer, update))
+            step = _build_step(plan, optimizer, update, n, loss_kernel)
+            key = (n, loss_kernel, update.kind, self._state_ids(optimizer, update))
             if len(self.compiled) >= 4:  # a few batch sizes (an epoch's last partial batch)
                 self.compiled.pop(next(iter(self.compiled)))
             self.compiled[key] = step
         return step
 
 
-    def _velocity_ids(self, optimizer, update):
-        """ids of the optimizer's velocity arrays for the plan's parameters (of None where
+    def _state_ids(self, optimizer, update):
+        """ids of the optimizer's state arrays for the plan's parameters (of None where
         absent); the FusedStep built for them keeps them alive."""
-        if update.state_key is None:
-            return ()
-        state, key = optimizer.state, update.state_key
-        return tuple(id(state.get(name, _NO_STATE).get(key)) for name in self.names)
+        state = optimizer.state
+        return tuple(id(state.get(name, _NO_STATE).get(key))
+                     for key in update.state_keys for name in self.names)
+
+    def step_count(self, optimizer):
+        """The common step count of the plan's parameters (0 before the first step), or None
+        when they differ (the kernel-by-kernel path then counts each one)."""
+        state = optimizer.state
+        counts = {state.get(name, _NO_STATE).get("step", 0) for name in self.names}
+        return counts.pop() if len(counts) == 1 else None
+
+    def count_step(self, optimizer, t):
+        """Record step `t` for every parameter of the plan, as Optimizer.step does."""
+        for name in self.names:
+            optimizer.state[name]["step"] = t
 
 
 _NO_STATE = MappingProxyType({})
 
 
-def _build_step(plan, optimizer, n, loss_kernel):
+def _build_step(plan, optimizer, update, n, loss_kernel):
     """A new FusedStep; every array it writes is checked here (and its flags on every run)."""
     _check_parameters(plan)
-    folds = _folds(plan, optimizer)
     dtype, layers, written = plan.dtype, [], []
+    folds = _folds(plan, optimizer) if update.kind == "sgd" else None
     for pos, s in enumerate(plan.stages):
         lin, act = s.linear, s.activation
-        w_fold, b_fold = folds[pos, "W"], folds.get((pos, "b"))
-        written.append((f"parameter '{s.index}.W'", s.W))
-        if s.b is not None:
-            written.append((f"parameter '{s.index}.b'", s.b))
-        for pname, f in (("W", w_fold), ("b", b_fold)):
-            if f is not None and f.target is not getattr(s, pname):
-                written.append((f"optimizer state for '{s.index}.{pname}'", f.target))
+        targets, states = {}, {}
+        for pname, param in (("W", s.W), ("b", s.b)):
+            if param is None:
+                continue
+            name = f"{s.index}.{pname}"
+            written.append((f"parameter '{name}'", param))
+            if folds is not None:  # SGD: the GEMM writes the parameter or its velocity
+                targets[pname], states[pname] = folds[pos, pname].target, ()
+            else:  # Adam / RMSProp: the gradient into a buffer, then the update sweep
+                targets[pname] = np.empty_like(param)
+                state = optimizer.prepare_state(name, param, update.state_keys)
+                states[pname] = tuple(state[key] for key in update.state_keys)
+            for array in (targets[pname],) * (folds is not None) + states[pname]:
+                if array is not param:
+                    check_written(f"optimizer state for '{name}'", array, dtype, param.shape,
+                                  hint="; call reset() after changing the parameters")
+                    written.append((f"optimizer state for '{name}'", array))
         out = np.empty((n, lin.out_features), dtype)
         layers.append(StepLayer(
-            s.W, s.b, w_fold.target, b_fold.target if b_fold is not None else None, out,
+            s.W, s.b, targets["W"], targets.get("b"), out,
             np.empty_like(out) if act is not None and act.reads_input else None,
             np.empty((n, lin.in_features), dtype) if pos > 0 else None,
             _ACT_CODES[act.code] if act is not None else _ACT_CODES["identity"],
-            act.alpha if act is not None else 0.0))
+            act.alpha if act is not None else 0.0, states["W"], states.get("b", ())))
     dlogits = np.empty((n, plan.stages[-1].linear.out_features), dtype)
     return FusedStep(layers, _specs.LOSS_CODES[loss_kernel], dlogits, np.empty(n, np.float64),
-                     written)
+                     written, UPDATE_KINDS[update.kind])
 
 
 def fused_train_step(plan, cache, x, y, loss, optimizer):
@@ -321,5 +345,14 @@ def _compiled_step(plan, cache, x, y, loss, optimizer):
     else:
         labels = val.as_labels(y, "y", n, n_out)
     step = cache.compiled_step(plan, optimizer, update, n, spec.kernel)
-    return step.run(x, labels, target, update.lr, update.momentum, _config.get_num_threads(),
-                    _config.PARALLEL_MIN_WORK)
+    threads, min_work = _config.get_num_threads(), _config.PARALLEL_MIN_WORK
+    if update.kind == "sgd":
+        return step.run(x, labels, target, update.lr, update.hyper[0], threads, min_work)
+    if not update.counts_steps:
+        return step.run(x, labels, target, update.lr, 0.0, threads, min_work, update.hyper)
+    t = cache.step_count(optimizer)  # Adam: one count for all parameters, else the general path
+    if t is None:
+        return None
+    value = step.run(x, labels, target, update.lr, 0.0, threads, min_work, (*update.hyper, t + 1))
+    cache.count_step(optimizer, t + 1)
+    return value

@@ -342,12 +342,19 @@ class GemmFold(NamedTuple):
 
 
 class FusedUpdate(NamedTuple):
-    """An update the one-call compiled step runs itself: heavy-ball SGD with these (checked)
-    hyper-parameters; ``state_key`` names the velocity in ``state[name]`` (None: no state)."""
+    """An update the one-call compiled step runs itself, with checked hyper-parameters.
 
+    ``kind`` is "sgd" (``hyper`` = (momentum,)), "adam" ((beta1, beta2, eps, weight_decay))
+    or "rmsprop" ((alpha, eps, weight_decay)); ``state_keys`` name the arrays of
+    ``state[param name]`` the update reads and writes (created by :meth:`Optimizer.prepare_state`),
+    ``counts_steps`` says whether ``state[name]["step"]`` counts the updates (Adam).
+    """
+
+    kind: str
     lr: float
-    momentum: float
-    state_key: Optional[str]
+    hyper: tuple
+    state_keys: tuple
+    counts_steps: bool = False
 
 
 class Optimizer:
@@ -441,13 +448,20 @@ class Optimizer:
         work = self._checked(params, grads)
         needed = self._arrays_needed(hp)
         for name, p, g in work:
-            state = self.state.setdefault(name, {})
-            for key in needed:
-                if key not in state:
-                    state[key] = np.zeros(p.shape, p.dtype)
-            if self._counts_steps:
-                state.setdefault("step", 0)
+            state = self.prepare_state(name, p, needed)
             self._update(_flat(p), _flat(g), state, hp, threads_for(p.size))
+
+    def prepare_state(self, name, param, keys):
+        """``state[name]`` with its arrays `keys` created (zeros like `param`) where missing,
+        and its step count where the optimizer counts steps: what :meth:`step` does before
+        updating (a fused step that updates the parameter itself calls it too)."""
+        state = self.state.setdefault(name, {})
+        for key in keys:
+            if key not in state:
+                state[key] = np.zeros(param.shape, param.dtype)
+        if self._counts_steps:
+            state.setdefault("step", 0)
+        return state
 
     def _checked(self, params, grads):
         """[(name, param, contiguous grad)] after checking everything; raises before any write."""
@@ -668,13 +682,12 @@ class SGD(Optimizer):
         if (type(lr) is float and type(mu) is float and 0 <= lr < math.inf and 0 <= mu < 1
                 and self.weight_decay == 0 and self.nesterov is False and type(self) is SGD):
             # the common case, as _validate would return it, checked in ~0.3 us (every step)
-            return FusedUpdate(lr, mu, "momentum_buffer" if mu else None)
+            return FusedUpdate("sgd", lr, (mu,), ("momentum_buffer",) if mu else ())
         hp = self._validate(**self.hyperparameters())
-        cls = type(self)
-        if (hp["weight_decay"] != 0 or hp["nesterov"] or cls._update is not SGD._update
-                or cls.step is not Optimizer.step):
+        if hp["weight_decay"] != 0 or hp["nesterov"] or not _plain(self, SGD):
             return None
-        return FusedUpdate(hp["lr"], hp["momentum"], "momentum_buffer" if hp["momentum"] else None)
+        mu = hp["momentum"]
+        return FusedUpdate("sgd", hp["lr"], (mu,), ("momentum_buffer",) if mu else ())
 
     def _update(self, w, g, state, hp, n_threads):
         if hp["momentum"] == 0:
@@ -683,6 +696,12 @@ class SGD(Optimizer):
             kernels().momentum_step(w, g, _flat(state["momentum_buffer"]), hp["lr"],
                                     hp["momentum"], hp["weight_decay"], hp["nesterov"],
                                     n_threads)
+
+
+def _plain(optimizer, cls):
+    """True unless a subclass of `cls` changes how the update is computed."""
+    kind = type(optimizer)
+    return kind._update is cls._update and kind.step is Optimizer.step
 
 
 class Adam(Optimizer):
@@ -741,6 +760,14 @@ class Adam(Optimizer):
                             beta1, beta2, hp["eps"], t, hp["weight_decay"], n_threads)
         state["step"] = t
 
+    def fused_update(self):
+        """Adam runs inside the compiled step (the same kernel loop as :meth:`step`)."""
+        hp = self._validate(**self.hyperparameters())
+        if not _plain(self, Adam):
+            return None
+        return FusedUpdate("adam", hp["lr"], (*hp["betas"], hp["eps"], hp["weight_decay"]),
+                           self._arrays, True)
+
 
 class RMSProp(Optimizer):
     """RMSProp with L2 weight decay (PyTorch's ``torch.optim.RMSprop`` without momentum and
@@ -792,3 +819,11 @@ class RMSProp(Optimizer):
     def _update(self, w, g, state, hp, n_threads):
         kernels().rmsprop_step(w, g, _flat(state["square_avg"]), hp["lr"], hp["alpha"],
                                hp["eps"], hp["weight_decay"], n_threads)
+
+    def fused_update(self):
+        """RMSProp runs inside the compiled step (the same kernel loop as :meth:`step`)."""
+        hp = self._validate(**self.hyperparameters())
+        if not _plain(self, RMSProp):
+            return None
+        return FusedUpdate("rmsprop", hp["lr"], (hp["alpha"], hp["eps"], hp["weight_decay"]),
+                           self._arrays)

@@ -507,12 +507,15 @@ def test_optimizer_matches_torch(rng, case, dtype):
 
 
 def test_fused_update_says_when_the_compiled_step_may_run_the_update(rng):
-    assert optim.SGD(0.1).fused_update() == optim.FusedUpdate(0.1, 0.0, None)
+    assert optim.SGD(0.1).fused_update() == optim.FusedUpdate("sgd", 0.1, (0.0,), ())
     assert optim.SGD(0.1, momentum=0.9).fused_update() == optim.FusedUpdate(
-        0.1, 0.9, "momentum_buffer")
+        "sgd", 0.1, (0.9,), ("momentum_buffer",))
     assert optim.SGD(0.1, weight_decay=1e-4).fused_update() is None
     assert optim.SGD(0.1, momentum=0.5, nesterov=True).fused_update() is None
-    assert optim.Adam().fused_update() is None and optim.RMSProp().fused_update() is None
+    assert optim.Adam(betas=(0.8, 0.9)).fused_update() == optim.FusedUpdate(
+        "adam", 1e-3, (0.8, 0.9, 1e-8, 0.0), ("exp_avg", "exp_avg_sq"), True)
+    assert optim.RMSProp(weight_decay=0.5).fused_update() == optim.FusedUpdate(
+        "rmsprop", 1e-2, (0.99, 1e-8, 0.5), ("square_avg",))
     opt = optim.SGD(0.1)
     opt.lr = -1.0  # set since construction: validated, as step() would
     with pytest.raises(ValueError, match="lr"):

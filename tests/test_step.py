@@ -313,11 +313,11 @@ def test_buffers_are_reused_across_steps(rng):
     (step,) = model._step_cache.compiled.values()
     model.train_step(x, y, loss, opt)
     assert list(model._step_cache.compiled.values()) == [step]
-    # the kernel-by-kernel fused path (Adam): its buffers are reused too
-    adam = optim.Adam(lr=1e-3)
-    model.train_step(x, y, loss, adam)
+    # the kernel-by-kernel fused path (Nesterov): its buffers are reused too
+    nesterov = optim.SGD(lr=0.1, momentum=0.9, nesterov=True)
+    model.train_step(x, y, loss, nesterov)
     buffers = dict(model._step_cache.buffers._arrays)
-    model.train_step(x, y, loss, adam)
+    model.train_step(x, y, loss, nesterov)
     assert buffers
     for k, v in model._step_cache.buffers._arrays.items():
         assert v is buffers[k]
@@ -453,3 +453,69 @@ def test_a_trained_model_copies_and_pickles_with_an_empty_step_cache():
         for name, p in clone.params.items():
             assert not np.shares_memory(p, model.params[name])
             np.testing.assert_array_equal(p, model.params[name])
+
+
+# ---- Adam and RMSProp in the one-call compiled step ---------------------------------------
+
+class _KernelByKernel:
+    """Mixin: the same optimizer through the kernel-by-kernel path (a subclass changing
+    _update is not run by the compiled step)."""
+
+    def _update(self, w, g, state, hp, n_threads):
+        super()._update(w, g, state, hp, n_threads)
+
+
+class KernelAdam(_KernelByKernel, optim.Adam):
+    pass
+
+
+class KernelRMSProp(_KernelByKernel, optim.RMSProp):
+    pass
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ["softmax", "svm", "mse"])
+@pytest.mark.parametrize("make", [
+    (lambda: optim.Adam(lr=1e-2), lambda: KernelAdam(lr=1e-2)),
+    (lambda: optim.Adam(lr=1e-2, betas=(0.8, 0.99), weight_decay=1e-2),
+     lambda: KernelAdam(lr=1e-2, betas=(0.8, 0.99), weight_decay=1e-2)),
+    (lambda: optim.RMSProp(lr=1e-3), lambda: KernelRMSProp(lr=1e-3)),
+    (lambda: optim.RMSProp(lr=1e-3, alpha=0.9, weight_decay=1e-2),
+     lambda: KernelRMSProp(lr=1e-3, alpha=0.9, weight_decay=1e-2)),
+], ids=["adam", "adam-wd", "rmsprop", "rmsprop-wd"])
+def test_adam_and_rmsprop_run_in_the_compiled_step(make, loss, dtype):
+    gen = np.random.default_rng(12)
+    x = gen.standard_normal((16, 6)).astype(dtype)
+    y = gen.standard_normal((16, 4)).astype(dtype) if loss == "mse" else gen.integers(0, 4, 16)
+    compiled, kernels = _model(dtype, "tanh", loss=loss), _model(dtype, "tanh", loss=loss)
+    opt_c, opt_k = make[0](), make[1]()
+    assert opt_c.fused_update() is not None and opt_k.fused_update() is None
+    for _ in range(4):
+        vc = compiled.train_step(x, y, compiled.criterion, opt_c)
+        vk = kernels.train_step(x, y, kernels.criterion, opt_k)
+        assert vc == vk  # the same kernels' arithmetic: bit for bit
+    assert len(compiled._step_cache.compiled) == 1 and not kernels._step_cache.compiled
+    for name, p in kernels.params.items():
+        np.testing.assert_array_equal(compiled.params[name], p)
+        for key, s in opt_k.state[name].items():
+            np.testing.assert_array_equal(opt_c.state[name][key], s)
+    if isinstance(opt_c, optim.Adam):
+        assert {s["step"] for s in opt_c.state.values()} == {4}
+
+
+def test_compiled_adam_checks_its_state_before_writing():
+    gen = np.random.default_rng(13)
+    x, y = gen.standard_normal((8, 6)), gen.integers(0, 4, 8)
+    model, o = _model(np.float64), optim.Adam(lr=1e-2)
+    model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+    o.state["2.b"]["exp_avg"].setflags(write=False)
+    before, state = model.state_dict(), o.state_dict()
+    with pytest.raises(ValueError, match="read-only"):
+        model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(p, before[name])
+    assert {s["step"] for s in o.state.values()} == {1}
+    o.state["0.W"]["step"] = 5  # step counts that differ: the kernel-by-kernel path counts each
+    o.state["2.b"]["exp_avg"] = o.state["2.b"]["exp_avg"].copy()
+    model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
+    assert o.state["0.W"]["step"] == 6 and o.state["0.b"]["step"] == 2

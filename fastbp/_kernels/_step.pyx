@@ -6,7 +6,9 @@ Design
 a. What it runs: for a chain Linear [act] ... Linear planned by fastbp._planner, forward (GEMM +
    epilogue per layer), the loss and its gradient (one pass per row), backward (activation
    derivative fused with the bias-gradient reduction, dx from the old weights, the
-   weight-gradient GEMM) and an SGD / heavy-ball momentum update folded into that GEMM.  The
+   weight-gradient GEMM) and the update: SGD / heavy-ball momentum folded into that GEMM, or
+   Adam / RMSProp as _optim's own sweeps (_optim.pxd) on the gradients, layer by layer, so the
+   result is the kernel-by-kernel path's bit for bit (tested).  The
    row loops are the fused kernels' (_fused_loops.pxd), the row losses _losses' (_loss_math.pxd).
 b. No reference twin: it is tested against the kernel-by-kernel path (fastbp._planner's
    general path, made of kernels that have twins) in tests/test_step.py.
@@ -28,6 +30,8 @@ from ._arrays cimport check_array
 from ._blas cimport gemm_rm
 from ._fused_loops cimport _backward, _epilogue
 from ._loss_math cimport mse_row, softmax_xent_row, svm_row
+from ._optim cimport _adam, _rmsprop
+from libc.math cimport pow, sqrt
 
 cnp.import_array()
 
@@ -38,6 +42,13 @@ cdef enum LossKind:
 
 #: loss kernel name -> code, in the order of fastbp._specs.LOSS_CODES (tested)
 LOSS_KINDS = {"softmax_cross_entropy": SOFTMAX_XENT, "svm_hinge": HINGE, "mse": SQUARED}
+
+cdef enum UpdateKind:
+    UPDATE_SGD, UPDATE_ADAM, UPDATE_RMSPROP
+
+#: fastbp.optim.FusedUpdate.kind -> code
+UPDATE_KINDS = {"sgd": UPDATE_SGD, "adam": UPDATE_ADAM, "rmsprop": UPDATE_RMSPROP}
+
 
 cdef struct Layer:
     Py_ssize_t d_in, d_out
@@ -50,6 +61,10 @@ cdef struct Layer:
     void *out         # (n, d_out) activation output
     void *pre         # (n, d_out) pre-activation, for gelu*; else NULL
     void *dx          # (n, d_in) gradient w.r.t. the layer input; NULL for the first layer
+    void *w_state1    # Adam's exp_avg / RMSProp's square_avg of w (NULL for SGD)
+    void *w_state2    # Adam's exp_avg_sq of w
+    void *b_state1
+    void *b_state2
 
 
 cdef void *_address(a):
@@ -81,9 +96,15 @@ cdef void _descend(floating *w, const floating *v, Py_ssize_t size, floating ste
 
 cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n, const floating *x,
                   const int64_t *labels, const floating *target, int loss, floating *dlogits,
-                  double *row_loss, double lr, double momentum, int n_threads,
-                  Py_ssize_t min_parallel) noexcept nogil:
-    """Forward, loss, backward and an SGD (momentum) update; returns the mean loss."""
+                  double *row_loss, double lr, double momentum, int update, const double *hyper,
+                  int n_threads, Py_ssize_t min_parallel) noexcept nogil:
+    """Forward, loss, backward and the update; returns the mean loss.
+
+    SGD (momentum) folds into the weight-gradient GEMM (w_target is w or the velocity); Adam
+    and RMSProp get their gradients in w_target / b_target (scale 1, beta 0, as the
+    kernel-by-kernel path) and run _optim's sweeps on them, layer by layer (each layer's
+    weights are read by nothing after its own dx GEMM).  hyper: Adam (step_size, beta1, beta2,
+    inv_sqrt_bc2, eps, weight_decay), RMSProp (alpha, eps, weight_decay)."""
     cdef Layer *L
     cdef const floating *h = x
     cdef floating *d
@@ -91,7 +112,10 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
     cdef int l, nt
     cdef double total = 0, loss_scale
     cdef floating scale = 1, beta = momentum, step = <floating>lr
-    if momentum == 0:
+    cdef Py_ssize_t size
+    if update != UPDATE_SGD:
+        beta = 0                         # plain gradients, then _optim's sweep
+    elif momentum == 0:
         scale, beta = <floating>-lr, 1   # the update itself happens inside the GEMM
     for l in range(n_layers):
         L = &layers[l]
@@ -123,9 +147,25 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
                     <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.dx, <int>L.d_in)
         gemm_rm(True, False, <int>L.d_in, <int>L.d_out, <int>n, scale, h, <int>L.d_in, d,
                 <int>L.d_out, beta, <floating *>L.w_target, <int>L.d_out)
-        if momentum != 0:  # w -= lr * velocity, for the weights and the bias
-            _descend(<floating *>L.w, <floating *>L.w_target, L.d_in * L.d_out, step,
-                     n_threads if L.d_in * L.d_out >= min_parallel else 1)
+        size = L.d_in * L.d_out
+        if update == UPDATE_ADAM:
+            _adam(<floating *>L.w, <floating *>L.w_target, <floating *>L.w_state1,
+                  <floating *>L.w_state2, size, hyper[0], hyper[1], hyper[2], hyper[3],
+                  hyper[4], hyper[5], n_threads if size >= min_parallel else 1)
+            if L.b != NULL:
+                _adam(<floating *>L.b, <floating *>L.b_target, <floating *>L.b_state1,
+                      <floating *>L.b_state2, L.d_out, hyper[0], hyper[1], hyper[2], hyper[3],
+                      hyper[4], hyper[5], n_threads if L.d_out >= min_parallel else 1)
+        elif update == UPDATE_RMSPROP:
+            _rmsprop(<floating *>L.w, <floating *>L.w_target, <floating *>L.w_state1, size, lr,
+                     hyper[0], hyper[1], hyper[2], n_threads if size >= min_parallel else 1)
+            if L.b != NULL:
+                _rmsprop(<floating *>L.b, <floating *>L.b_target, <floating *>L.b_state1,
+                         L.d_out, lr, hyper[0], hyper[1], hyper[2],
+                         n_threads if L.d_out >= min_parallel else 1)
+        elif momentum != 0:  # w -= lr * velocity, for the weights and the bias
+            _descend(<floating *>L.w, <floating *>L.w_target, size, step,
+                     n_threads if size >= min_parallel else 1)
             if L.b != NULL:
                 _descend(<floating *>L.b, <floating *>L.b_target, L.d_out, step, 1)
         d = <floating *>L.dx
@@ -133,7 +173,8 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
 
 
 cdef class FusedStep:
-    """A compiled SGD / momentum training step for one chain of Linear (+ activation) layers.
+    """A compiled training step (SGD / momentum, Adam, RMSProp) for one chain of Linear
+    (+ activation) layers.
 
     Built by fastbp._planner once per (plan, batch size, loss, velocity arrays), which checks
     every array (C-contiguous, one float dtype, consistent shapes); FusedStep keeps them alive.
@@ -156,14 +197,14 @@ cdef class FusedStep:
     """
 
     cdef Layer *layers
-    cdef int n_layers, loss, is_double
+    cdef int n_layers, loss, is_double, update
     cdef Py_ssize_t n, n_in, n_out
     cdef void *dlogits
     cdef double *row_loss
     cdef readonly object arrays  # everything the pointers point into
     cdef readonly tuple written
 
-    def __cinit__(self, layers, int loss, dlogits, row_loss, written):
+    def __cinit__(self, layers, int loss, dlogits, row_loss, written, int update=UPDATE_SGD):
         self.n_layers = len(layers)
         self.layers = <Layer *>calloc(self.n_layers, sizeof(Layer))
         if self.layers == NULL:
@@ -171,6 +212,9 @@ cdef class FusedStep:
         if loss not in (SOFTMAX_XENT, HINGE, SQUARED):
             raise ValueError(f"FusedStep: unknown loss code {loss}")
         self.loss = loss
+        if update not in (UPDATE_SGD, UPDATE_ADAM, UPDATE_RMSPROP):
+            raise ValueError(f"FusedStep: unknown update code {update}")
+        self.update = update
         self.is_double = dlogits.dtype.itemsize == 8
         self.n = dlogits.shape[0]
         self.n_in = layers[0].W.shape[0]
@@ -180,21 +224,24 @@ cdef class FusedStep:
         self.arrays = (tuple(layers), dlogits, row_loss)
         self.written = tuple(written)
         for l, L in enumerate(layers):
+            ws, bs = tuple(L.W_state) + (None, None), tuple(L.b_state) + (None, None)
             self.layers[l] = Layer(L.W.shape[0], L.W.shape[1], L.act_code, L.alpha,
                                    _address(L.W), _address(L.b), _address(L.W_target),
                                    _address(L.b_target), _address(L.out), _address(L.pre),
-                                   _address(L.dx))
+                                   _address(L.dx), _address(ws[0]), _address(ws[1]),
+                                   _address(bs[0]), _address(bs[1]))
 
     def __dealloc__(self):
         free(self.layers)
 
     def run(self, x, labels, target, double lr, double momentum, int n_threads,
-            Py_ssize_t min_parallel):
+            Py_ssize_t min_parallel, tuple hyper=()):
         """One step on batch x (n, n_in) with int64 labels (n,) or a target (n, n_out) for MSE;
         x, labels and target must be C-contiguous and of the plan's dtype (the caller checks).
         Labels outside [0, n_out) and parameters or velocities that are no longer writeable,
         C-contiguous arrays of the step's dtype raise ValueError before anything is written.
-        Returns the mean loss before the update."""
+        `hyper`: Adam (beta1, beta2, eps, weight_decay, t), RMSProp (alpha, eps, weight_decay);
+        unused for SGD.  Returns the mean loss before the update."""
         cdef const int64_t[::1] y
         cdef const int64_t *py = NULL
         cdef Py_ssize_t i
@@ -215,15 +262,24 @@ cdef class FusedStep:
                     raise ValueError(f"y must lie in [0, {self.n_out}), found label {py[i]}")
         elif target.shape != (self.n, self.n_out):
             raise ValueError(f"target must have shape {(self.n, self.n_out)}, got {target.shape}")
+        cdef double h[6]
+        if self.update == UPDATE_ADAM:  # bias corrections as adam_step computes them
+            b1, b2, eps, wd, t = hyper
+            h[0] = lr / (1.0 - pow(b1, <double>t))
+            h[1], h[2] = b1, b2
+            h[3] = 1.0 / sqrt(1.0 - pow(b2, <double>t))
+            h[4], h[5] = eps, wd
+        elif self.update == UPDATE_RMSPROP:
+            h[0], h[1], h[2] = hyper
         cdef void *px = _address(x)
         cdef void *pt = _address(target) if self.loss == SQUARED else NULL
         with nogil:
             if self.is_double:
                 result = _step(<double>0, self.layers, self.n_layers, self.n, <double *>px, py,
                                <double *>pt, self.loss, <double *>self.dlogits, self.row_loss,
-                               lr, momentum, n_threads, min_parallel)
+                               lr, momentum, self.update, h, n_threads, min_parallel)
             else:
                 result = _step(<float>0, self.layers, self.n_layers, self.n, <float *>px, py,
                                <float *>pt, self.loss, <float *>self.dlogits, self.row_loss,
-                               lr, momentum, n_threads, min_parallel)
+                               lr, momentum, self.update, h, n_threads, min_parallel)
         return result
