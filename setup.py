@@ -1,5 +1,9 @@
 """Build the compiled kernels (fastbp._kernels.*); all metadata lives in pyproject.toml.
 
+Code generation: every ``fastbp/_kernels/*.tp`` is rendered (Tempita) with the spec tables of
+``fastbp/_specs.py`` into the file without ``.tp`` before Cython runs (the rendered files are
+git-ignored).
+
 Environment switches:
 
 * ``FASTBP_REQUIRE_OPENMP=1`` -- fail instead of building serially when the compiler has no
@@ -11,6 +15,7 @@ Never ``-ffast-math`` (it flushes denormals for the whole process) and never ``-
 (wheels run on other CPUs).
 """
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -110,6 +115,32 @@ DIRECTIVES = {
     "cdivision": True,
     "embedsignature": True,
 }
+
+def _render_templates():
+    """Render every ``_kernels/*.tp`` (Tempita, as scikit-learn's ``_loss.pyx.tp``) with the spec
+    tables of fastbp/_specs.py, which is loaded by path (it imports nothing from fastbp).  A file
+    is rewritten only when its text changes, so incremental builds stay incremental."""
+    from Cython import Tempita
+
+    spec = importlib.util.spec_from_file_location("_fastbp_specs", ROOT / "fastbp" / "_specs.py")
+    specs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(specs)
+    namespace = {
+        "activations": list(specs.ACTIVATIONS.values()),
+        "fused_forms": [(code, row) for code, (row, _) in specs.FUSED_FORMS.items()],
+        "fused_from_input": specs.FUSED_FROM_INPUT,
+    }
+    for template in sorted(KERNELS.glob("*.tp")):
+        target = template.with_suffix("")  # _activations.pyx.tp -> _activations.pyx
+        lines = Tempita.sub(template.read_text(), **namespace).splitlines(keepends=True)
+        at = 1 if lines and lines[0].startswith("# cython:") else 0  # directives stay first
+        lines.insert(at, f"# GENERATED from {template.name} by setup.py: edit that file.\n")
+        text = "".join(lines)
+        if not target.exists() or target.read_text() != text:
+            target.write_text(text)
+
+
+_render_templates()
 
 extensions = [
     Extension(

@@ -1,16 +1,90 @@
-"""Checks at the Python boundary, before any nogil kernel runs.
+"""Checks at the Python boundary, before any nogil kernel runs: one voice for every error.
 
-Every public function funnels its arguments through these helpers, so a wrong shape, dtype or
-label raises ValueError/TypeError naming the argument, never a crash inside a kernel.  The
+Every public function funnels its arguments through these helpers (integers, reals, flags,
+dtypes, arrays, labels, thread counts), so a wrong value raises ValueError/TypeError naming the
+argument with the same wording for the same mistake, never a crash inside a kernel.  The
 helpers are cheap (no copies unless a dtype change or non-contiguous layout forces one), since
 they run on every call of the course API.
 """
 
 import math
+import numbers
 
 import numpy as np
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+#: the float dtypes the kernels compute in
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def integer(value, name, minimum=None):
+    """`value` as an int: TypeError unless an integer (bools are not), ValueError below
+    `minimum`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def real(value, name, minimum=None, strict=False):
+    """`value` as a finite float: TypeError unless a real number (bools are not), ValueError
+    when not finite or below `minimum` (at or below it with `strict`)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    return value
+
+
+def fraction(value, name):
+    """A decay factor (momentum, beta, decay rate): a real number in [0, 1)."""
+    value = real(value, name)
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return value
+
+
+def unit_interval(value, name):
+    """A weight in [0, 1] (a batch-norm momentum): a real number in the closed interval."""
+    value = real(value, name)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return value
+
+
+def flag(value, name):
+    """`value` as a bool: TypeError unless True or False (NumPy's bool too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+def float_dtype(dtype, name="dtype"):
+    """`dtype` as float32 or float64 (TypeError otherwise, also for what is not a dtype)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def float_array(a, name):
+    """Raise unless `a` is an ndarray of float32 or float64 (a parameter updated in place)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
+    return a
+
+
+def thread_count(value, name="n_threads"):
+    """A thread count: an integer >= 1."""
+    return integer(value, name, 1)
 
 
 def compute_dtype(*arrays):
@@ -24,7 +98,7 @@ def compute_dtype(*arrays):
         if kind not in "fiub":
             raise TypeError(f"expected a real numeric array, got dtype {a.dtype}")
     dtype = np.result_type(*arrays)
-    if dtype in _FLOATS:
+    if dtype in FLOAT_DTYPES:
         return dtype
     if dtype.kind in "iub":
         return np.dtype(np.float64)
@@ -66,11 +140,7 @@ def as_labels(y, name, n, n_classes):
 
 def finite_real(value, name):
     """`value` as a float: TypeError unless a real number, ValueError unless finite."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
+    return real(value, name)
 
 
 def require_shape(a, name, shape):

@@ -12,10 +12,10 @@ b. Errors.  Every option value is converted and range-checked by its ``type=`` f
    installed, an unwritable output) raise :class:`CommandError`: exit 1.  Both print one line,
    ``fastbp: error: ...``, on stderr, with no traceback; any other exception is a bug and keeps
    its traceback.  Ctrl-C prints ``fastbp: interrupted`` and exits 130.
-c. Data sets are a pure function of the ``--data`` spec: the spirals are drawn and every split
-   is made with the fixed :data:`SPLIT_SEED` (stratified), so ``evaluate`` and ``predict`` see
-   exactly the test split that ``train`` reported, and ``--seed`` changes only the initial
-   weights and the minibatch order.
+c. Data sets are a pure function of the ``--data`` spec (fastbp.data.load_dataset: every
+   split stratified with the fixed ``SPLIT_SEED``), so ``evaluate`` and ``predict`` see exactly
+   the test split that ``train`` reported, and ``--seed`` changes only the initial weights and
+   the minibatch order.
 d. Output: results (the epoch table, accuracy lines, predictions) go to stdout, one flushed line
    at a time; the progress bar (tqdm, only when installed and stderr is a terminal) and errors
    go to stderr.  The same options, seed and thread count give the same model, bit for bit, and
@@ -23,6 +23,9 @@ d. Output: results (the epoch table, accuracy lines, predictions) go to stdout, 
 e. Training uses ``Sequential.train_step`` (the fused path) for every step; the epoch's train
    and validation loss / accuracy are measured after the epoch with ``Sequential.evaluate``,
    outside the timed part.
+f. This module only parses and prints: data sets live in fastbp.data, the epoch loop in
+   fastbp.training (shared by any front end), figures in fastbp.plot; their ValueError /
+   ImportError become :class:`CommandError` here.
 """
 
 import argparse
@@ -30,14 +33,16 @@ import csv
 import math
 import os
 import sys
-import time
-from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import __version__, data, nn, optim
+from . import __version__, data, nn, plot
+from ._specs import CLASSIFICATION_LOSSES
+from .backend import BACKENDS
+from .data import DATASETS, Dataset, DataSpec
 from .io import architecture, load_model, save_model
+from .training import OPTIMIZERS, EpochStats, fit
 
 __all__ = [
     "COMMANDS",
@@ -53,14 +58,6 @@ __all__ = [
     "main",
     "plot_curves",
 ]
-
-#: Seed of the spirals and of every train / validation / test split (see design note c).
-SPLIT_SEED = 0
-#: Fraction of a data set held out for testing when it has no test set of its own.
-TEST_FRACTION = 0.2
-#: Points per arm of ``--data spirals`` (three arms, as in the CS231n notebook).
-SPIRAL_POINTS = 100
-
 
 class CommandError(Exception):
     """A failure the user can fix (exit status 1, one line on stderr, no traceback)."""
@@ -135,17 +132,6 @@ def hidden_sizes(text):
     return sizes
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    """A parsed ``--data`` value: ``kind`` (a key of :data:`DATASETS`) and its argument."""
-
-    kind: str
-    arg: str = ""
-
-    def __str__(self):
-        return f"{self.kind}:{self.arg}" if self.arg else self.kind
-
-
 def data_spec(text):
     """argparse type: ``digits``, ``spirals`` or ``mnist:DIR``."""
     kind, sep, arg = text.partition(":")
@@ -160,207 +146,48 @@ def data_spec(text):
     return DataSpec(kind, arg)
 
 
-# ------------------------------------------------------------------------------------ data
+# ------------------------------------------------------- data, plots: library errors -> CommandError
 
-
-@dataclass
-class Dataset:
-    """A data set split three ways (``X_val``/``y_val`` hold 0 rows without validation).
-
-    ``X_*`` are C-contiguous float arrays of the requested dtype, ``y_*`` int64 labels in
-    ``[0, n_classes)``; ``note`` is one line saying where the data came from and how it was split.
-    """
-
-    spec: DataSpec
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_val: np.ndarray
-    y_val: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
-    note: str
-
-    @property
-    def n_features(self):
-        return self.X_train.shape[1]
-
-    @property
-    def n_classes(self):
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
-
-
-def _split(X, y, test_size):
-    return data.train_test_split(X, y, test_size=test_size, seed=SPLIT_SEED, stratify=True)
-
-
-def _digits(spec):
-    X, y = data.load_digits()
-    X_train, X_test, y_train, y_test = _split(X, y, TEST_FRACTION)
-    return X_train, y_train, X_test, y_test, (
-        f"bundled 8x8 digits, {len(y):,} images, {TEST_FRACTION:.0%} held out for test")
-
-
-def _spirals(spec):
-    X, y = data.make_spirals(SPIRAL_POINTS, 3, seed=SPLIT_SEED)
-    X_train, X_test, y_train, y_test = _split(X, y, TEST_FRACTION)
-    return X_train, y_train, X_test, y_test, (
-        f"3 spiral arms of {SPIRAL_POINTS} points, {TEST_FRACTION:.0%} held out for test")
-
-
-def _mnist_has_train(directory):
-    stem = os.path.join(directory, "train-images-idx3-ubyte")
-    return os.path.isfile(stem) or os.path.isfile(stem + ".gz")
-
-
-def _mnist(spec):
-    directory = spec.arg
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory}: MNIST directory not found (or not a directory)")
-    if _mnist_has_train(directory):
-        X_train, y_train = data.load_mnist(directory, "train")
-        X_test, y_test = data.load_mnist(directory, "t10k")
-        return X_train, y_train, X_test, y_test, "MNIST train images for training, t10k for test"
-    X, y = data.load_mnist(directory, "t10k")
-    X_train, X_test, y_train, y_test = _split(X, y, TEST_FRACTION)
-    return X_train, y_train, X_test, y_test, (
-        f"no train images in {directory}: the {len(y):,} t10k images split "
-        f"{len(y_train):,} train / {len(y_test):,} test")
-
-
-#: --data kind -> loader(spec) returning (X_train, y_train, X_test, y_test, note)
-DATASETS = {"digits": _digits, "spirals": _spirals, "mnist": _mnist}
 _DATA_METAVAR = "{digits,spirals,mnist:DIR}"
 
 
 def load_dataset(spec, val_fraction=0.0, dtype=np.float32):
-    """Load and split the data set that `spec` names.
-
-    Parameters
-    ----------
-    spec : DataSpec
-    val_fraction : float in [0, 1), default 0
-        Share of the training part held out (stratified, :data:`SPLIT_SEED`) for validation.
-    dtype : {np.float32, np.float64}
-        dtype of the returned samples.
-
-    Returns
-    -------
-    Dataset
-
-    Raises
-    ------
-    CommandError
-        If files are missing or malformed (the message names them), or `val_fraction` leaves
-        too few samples to split.
-    """
+    """:func:`fastbp.data.load_dataset`, its errors as :class:`CommandError` (``--data ...``)."""
     try:
-        X_train, y_train, X_test, y_test, note = DATASETS[spec.kind](spec)
-        if val_fraction > 0:
-            X_train, X_val, y_train, y_val = _split(X_train, y_train, val_fraction)
-        else:
-            X_val, y_val = X_train[:0], y_train[:0]
-    except (OSError, ValueError) as e:
-        raise CommandError(f"--data {spec}: {e}") from None
-    arrays = [np.ascontiguousarray(a, dtype) for a in (X_train, X_val, X_test)]
-    labels = [np.ascontiguousarray(a, np.int64) for a in (y_train, y_val, y_test)]
-    return Dataset(spec, arrays[0], labels[0], arrays[1], labels[1], arrays[2], labels[2],
-                   f"{spec}: {note}")
+        return data.load_dataset(spec, val_fraction, dtype)
+    except ValueError as e:
+        raise CommandError(f"--data {e}") from None
 
 
 def _split_line(ds):
-    return (f"{len(ds.y_train):,} train / {len(ds.y_val):,} val / {len(ds.y_test):,} test, "
-            f"{ds.n_features} features, {ds.n_classes} classes")
+    return data.describe_split(ds)
 
 
-# ---------------------------------------------------------------------------------- training
-
-
-#: --optimizer name -> (factory(lr), default lr)
-OPTIMIZERS = {
-    "sgd": (lambda lr: optim.SGD(lr), 0.1),
-    "momentum": (lambda lr: optim.SGD(lr, momentum=0.9), 0.05),
-    "adam": (lambda lr: optim.Adam(lr), 1e-3),
-    "rmsprop": (lambda lr: optim.RMSProp(lr), 1e-3),
-}
-
-
-class EpochStats(NamedTuple):
-    """One row of the training table.  Loss and accuracy are measured after the epoch; the
-    validation fields are NaN without a validation set; ``seconds`` times the steps alone."""
-
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    seconds: float
-    samples_per_s: float
-
-
-def _progress_bar(total, desc):
-    """A tqdm bar on stderr, or None when tqdm is missing or stderr is not a terminal."""
-    if not sys.stderr.isatty():
-        return None
+def _matplotlib_figure():
     try:
-        from tqdm import tqdm
+        return plot.require_matplotlib()
     except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
-                dynamic_ncols=True)
+        raise CommandError("--plot needs matplotlib: pip install 'fastbp[plot]'") from None
 
 
-def fit(model, ds, optimizer, epochs, batch_size, rng, on_epoch=None, step=None,
-        batches=None):
-    """Train `model` on ``ds.X_train`` with ``Sequential.train_step``; returns the history.
+def plot_curves(history, path, title, test_acc=None):
+    """:func:`fastbp.plot.plot_curves`, its errors as :class:`CommandError` (``--plot ...``)."""
+    _matplotlib_figure()
+    try:
+        plot.plot_curves(history, path, title, test_acc)
+    except ValueError as e:
+        raise CommandError(f"--plot {e}") from None
 
-    Parameters
-    ----------
-    model : fastbp.nn.Sequential
-        Trained in place with its ``criterion``.
-    ds : Dataset
-    optimizer : fastbp.optim.Optimizer
-    epochs, batch_size : int
-    rng : numpy.random.Generator
-        Draws each epoch's minibatch order.
-    on_epoch : callable, optional
-        Called with each :class:`EpochStats` as soon as the epoch is measured.
-    step, batches : callable, optional
-        Replace ``model.train_step`` and :func:`fastbp.data.iterate_minibatches` (same
-        signatures); ``fastbp.distributed`` passes its data-parallel step and sharded batches.
 
-    Returns
-    -------
-    list of EpochStats
-    """
-    step = step or model.train_step
-    batches = batches or data.iterate_minibatches
-    history = []
-    n = len(ds.y_train)
-    steps = math.ceil(n / batch_size)
-    for epoch in range(1, epochs + 1):
-        bar = _progress_bar(steps, f"epoch {epoch}/{epochs}")
-        start = time.perf_counter()
-        running, seen = 0.0, 0  # the bar shows the epoch's mean minibatch loss so far
-        try:
-            for xb, yb in batches(ds.X_train, ds.y_train, batch_size, seed=rng):
-                loss = step(xb, yb, model.criterion, optimizer)
-                if bar is not None:
-                    running, seen = running + loss * len(yb), seen + len(yb)
-                    bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
-                    bar.update()
-        finally:
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - start
-        train_loss, train_acc = model.evaluate(ds.X_train, ds.y_train)
-        val_loss, val_acc = (model.evaluate(ds.X_val, ds.y_val) if len(ds.y_val)
-                             else (math.nan, math.nan))
-        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, seconds,
-                           n / seconds if seconds > 0 else math.inf)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-    return history
+def _plot_bench(rows, path, title):
+    _matplotlib_figure()
+    try:
+        plot.plot_bench(rows, path, title)
+    except ValueError as e:
+        raise CommandError(f"--plot {e}") from None
+
+
+# ------------------------------------------------------------------------------------ printing
 
 
 #: (header, width, format) of each table column, in EpochStats order
@@ -387,58 +214,6 @@ def _describe(arch):
             f"{arch['loss']} loss, {arch['dtype']})")
 
 
-def plot_curves(history, path, title, test_acc=None):
-    """Save loss and accuracy curves per epoch to an image file with matplotlib.
-
-    Parameters
-    ----------
-    history : list of EpochStats
-    path : str
-        Output file; the format follows its extension (``.png``, ``.pdf``, ``.svg``).
-    title : str
-        Figure title (the CLI puts the configuration there).
-    test_acc : float, optional
-        Drawn as a dashed horizontal line on the accuracy panel.
-
-    Raises
-    ------
-    CommandError
-        If matplotlib is not installed or the file cannot be written.
-    """
-    Figure = _matplotlib_figure()
-    epochs = [s.epoch for s in history]
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, [s.train_loss for s in history], "o-", ms=3, label="train")
-    acc_ax.plot(epochs, [100 * s.train_acc for s in history], "o-", ms=3, label="train")
-    if not math.isnan(history[0].val_loss):
-        loss_ax.plot(epochs, [s.val_loss for s in history], "s-", ms=3, label="validation")
-        acc_ax.plot(epochs, [100 * s.val_acc for s in history], "s-", ms=3, label="validation")
-    if test_acc is not None:
-        acc_ax.axhline(100 * test_acc, color="0.3", ls="--", lw=1,
-                       label=f"test ({test_acc:.2%})")
-    positive = all(s.train_loss > 0 for s in history)  # a hinge loss can reach 0
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss", yscale="log" if positive else "linear")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(title)
-    try:
-        fig.savefig(path, dpi=120)
-    except (OSError, ValueError) as e:
-        raise CommandError(f"--plot {path}: {e}") from None
-
-
-def _matplotlib_figure():
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-    except ImportError:
-        raise CommandError("--plot needs matplotlib: pip install 'fastbp[plot]'") from None
-    return Figure
-
-
 def _check_writable(path, option):
     """Fail before training, not after, when `path`'s directory does not exist."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -455,7 +230,7 @@ def add_runtime_arguments(parser):
     group.add_argument("--threads", type=positive_int, metavar="N",
                        help="threads for fastbp's kernels and BLAS (default: what OpenMP "
                             "reports, capped at the usable cores)")
-    group.add_argument("--backend", choices=("compiled", "numpy", "checked"), default="compiled",
+    group.add_argument("--backend", choices=BACKENDS, default="compiled",
                        help="kernel implementation (default: %(default)s)")
 
 
@@ -481,7 +256,7 @@ def _add_train_arguments(p):
                        help="hidden layer widths, comma-separated (default: 256,128)")
     model.add_argument("--activation", choices=sorted(nn.ACTIVATIONS), default="relu",
                        help="hidden activation (default: %(default)s)")
-    model.add_argument("--loss", choices=("softmax", "svm"), default="softmax",
+    model.add_argument("--loss", choices=CLASSIFICATION_LOSSES, default="softmax",
                        help="softmax cross-entropy or multiclass hinge (default: %(default)s)")
     model.add_argument("--norm", choices=sorted(nn.NORMS), default=None,
                        help="batch or layer normalization before each hidden activation "
@@ -747,36 +522,6 @@ def _run_bench(args):
         _plot_bench(rows, args.plot, f"fastbp {__version__}: training step speed, {args.dtype}, "
                     f"{rows[0]['threads'] if rows else '?'} threads")
     return 0
-
-
-def _plot_bench(rows, path, title):
-    """Grouped bars: speedup over the course-style NumPy step, per shape and implementation."""
-    Figure = _matplotlib_figure()
-    groups = list(dict.fromkeys(f"{r['sizes']}\nbatch {r['batch']}" for r in rows))
-    names = list(dict.fromkeys(r["implementation"] for r in rows))
-    fig = Figure(figsize=(max(7, 1.6 * len(groups) + 2), 4.8), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / max(len(names), 1)
-    for k, name in enumerate(names):
-        xs, ys = [], []
-        for g, group in enumerate(groups):
-            for r in rows:
-                if r["implementation"] == name and f"{r['sizes']}\nbatch {r['batch']}" == group \
-                        and "speedup_vs_course-numpy" in r:
-                    xs.append(g + (k - (len(names) - 1) / 2) * width)
-                    ys.append(r["speedup_vs_course-numpy"])
-        ax.bar(xs, ys, width, label=name)
-    ax.axhline(1.0, color="0.3", lw=1, ls="--")
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set(ylabel="speedup over course-style NumPy (log scale)", xlabel="network and batch",
-           title=title)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(ncols=min(4, len(names)), fontsize="small")
-    try:
-        fig.savefig(path, dpi=120)
-    except (OSError, ValueError) as e:
-        raise CommandError(f"--plot {path}: {e}") from None
 
 
 #: subcommand name -> Command; ``fastbp <name> --help`` lists each one's options

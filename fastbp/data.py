@@ -29,12 +29,20 @@ import numbers
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 
+from . import _validation as val
+
 __all__ = [
+    "DATASETS",
+    "Dataset",
+    "DataSpec",
+    "describe_split",
     "iterate_minibatches",
+    "load_dataset",
     "load_digits",
     "load_mnist",
     "make_spirals",
@@ -286,8 +294,8 @@ def make_spirals(n_per_class=100, n_classes=3, noise=0.2, seed=None):
     ValueError
         If a count is below 1 or `noise` is negative.
     """
-    n_per_class = _count(n_per_class, "n_per_class")
-    n_classes = _count(n_classes, "n_classes")
+    n_per_class = val.integer(n_per_class, "n_per_class", 1)
+    n_classes = val.integer(n_classes, "n_classes", 1)
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
@@ -435,7 +443,7 @@ def iterate_minibatches(X, y, batch_size, shuffle=True, seed=None, drop_last=Fal
     """
     X, y = np.asarray(X), np.asarray(y)
     n = _check_samples(X, y)
-    batch_size = _count(batch_size, "batch_size")
+    batch_size = val.integer(batch_size, "batch_size", 1)
     order = np.random.default_rng(seed).permutation(n) if shuffle else None
     stop = n - n % batch_size if drop_last else n
     return _batches(X, y, order, batch_size, stop)
@@ -452,15 +460,6 @@ def _batches(X, y, order, batch_size, stop):
 # Argument checks
 
 
-def _count(value, name):
-    """`value` as an int >= 1 (TypeError for non-integers, including bool)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
 def _check_samples(X, y):
     """N, after checking that X and y are arrays with N samples each."""
     if X.ndim == 0 or y.ndim == 0:
@@ -468,3 +467,136 @@ def _check_samples(X, y):
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
     return X.shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Data sets by name (the CLI's ``--data``, and any other front end): a pure function of the spec,
+# every split stratified with the fixed SPLIT_SEED, so ``evaluate`` and ``predict`` see exactly
+# the test split that ``train`` reported.
+
+#: Seed of the spirals and of every train / validation / test split (the CLI's splits are a pure function of the spec).
+SPLIT_SEED = 0
+#: Fraction of a data set held out for testing when it has no test set of its own.
+TEST_FRACTION = 0.2
+#: Points per arm of ``--data spirals`` (three arms, as in the CS231n notebook).
+SPIRAL_POINTS = 100
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed ``--data`` value: ``kind`` (a key of :data:`DATASETS`) and its argument."""
+
+    kind: str
+    arg: str = ""
+
+    def __str__(self):
+        return f"{self.kind}:{self.arg}" if self.arg else self.kind
+
+
+@dataclass
+class Dataset:
+    """A data set split three ways (``X_val``/``y_val`` hold 0 rows without validation).
+
+    ``X_*`` are C-contiguous float arrays of the requested dtype, ``y_*`` int64 labels in
+    ``[0, n_classes)``; ``note`` is one line saying where the data came from and how it was split.
+    """
+
+    spec: DataSpec
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    note: str
+
+    @property
+    def n_features(self):
+        return self.X_train.shape[1]
+
+    @property
+    def n_classes(self):
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+
+def _split(X, y, test_size):
+    return train_test_split(X, y, test_size=test_size, seed=SPLIT_SEED, stratify=True)
+
+
+def _digits(spec):
+    X, y = load_digits()
+    X_train, X_test, y_train, y_test = _split(X, y, TEST_FRACTION)
+    return X_train, y_train, X_test, y_test, (
+        f"bundled 8x8 digits, {len(y):,} images, {TEST_FRACTION:.0%} held out for test")
+
+
+def _spirals(spec):
+    X, y = make_spirals(SPIRAL_POINTS, 3, seed=SPLIT_SEED)
+    X_train, X_test, y_train, y_test = _split(X, y, TEST_FRACTION)
+    return X_train, y_train, X_test, y_test, (
+        f"3 spiral arms of {SPIRAL_POINTS} points, {TEST_FRACTION:.0%} held out for test")
+
+
+def _mnist_has_train(directory):
+    stem = os.path.join(directory, "train-images-idx3-ubyte")
+    return os.path.isfile(stem) or os.path.isfile(stem + ".gz")
+
+
+def _mnist(spec):
+    directory = spec.arg
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: MNIST directory not found (or not a directory)")
+    if _mnist_has_train(directory):
+        X_train, y_train = load_mnist(directory, "train")
+        X_test, y_test = load_mnist(directory, "t10k")
+        return X_train, y_train, X_test, y_test, "MNIST train images for training, t10k for test"
+    X, y = load_mnist(directory, "t10k")
+    X_train, X_test, y_train, y_test = _split(X, y, TEST_FRACTION)
+    return X_train, y_train, X_test, y_test, (
+        f"no train images in {directory}: the {len(y):,} t10k images split "
+        f"{len(y_train):,} train / {len(y_test):,} test")
+
+
+#: --data kind -> loader(spec) returning (X_train, y_train, X_test, y_test, note)
+DATASETS = {"digits": _digits, "spirals": _spirals, "mnist": _mnist}
+
+
+def load_dataset(spec, val_fraction=0.0, dtype=np.float32):
+    """Load and split the data set that `spec` names.
+
+    Parameters
+    ----------
+    spec : DataSpec
+    val_fraction : float in [0, 1), default 0
+        Share of the training part held out (stratified, :data:`SPLIT_SEED`) for validation.
+    dtype : {np.float32, np.float64}
+        dtype of the returned samples.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    ValueError
+        If files are missing or malformed, or `val_fraction` leaves too few samples to split;
+        the message starts with the spec (``mnist:DIR: ...``) and names the file.
+    """
+    try:
+        X_train, y_train, X_test, y_test, note = DATASETS[spec.kind](spec)
+        if val_fraction > 0:
+            X_train, X_val, y_train, y_val = _split(X_train, y_train, val_fraction)
+        else:
+            X_val, y_val = X_train[:0], y_train[:0]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{spec}: {e}") from None
+    arrays = [np.ascontiguousarray(a, dtype) for a in (X_train, X_val, X_test)]
+    labels = [np.ascontiguousarray(a, np.int64) for a in (y_train, y_val, y_test)]
+    return Dataset(spec, arrays[0], labels[0], arrays[1], labels[1], arrays[2], labels[2],
+                   f"{spec}: {note}")
+
+
+def describe_split(ds):
+    """One line: the split sizes, features and classes of a :class:`Dataset`."""
+    return (f"{len(ds.y_train):,} train / {len(ds.y_val):,} val / {len(ds.y_test):,} test, "
+            f"{ds.n_features} features, {ds.n_classes} classes")

@@ -44,6 +44,7 @@ f. Threads: K ranks on one host share its cores.  Unless the user chose a count
 import contextlib
 import os
 import sys
+import time
 import traceback
 import weakref
 import zlib
@@ -58,7 +59,7 @@ except ImportError as e:  # pragma: no cover - exercised by the suite only witho
         f"(mpi4py + mpich) ({e})"
     ) from e
 
-from . import _config, data, nn
+from . import _config, data, nn, optim
 
 __all__ = [
     "DataParallel",
@@ -135,6 +136,9 @@ def _abort(comm, error, brief):
     detail = str(error) if isinstance(error, brief) else f"{type(error).__name__}: {error}"
     print(f"fastbp: error: {where}: {detail} (aborting every rank)", file=sys.stderr,
           flush=True)
+    # Measured: mpiexec's output forwarding can drop what a rank wrote just before Abort
+    # (only the traceback's first lines arrived); a moment lets it drain.
+    time.sleep(0.2)
     comm.Abort(1)
     os._exit(1)  # measured: MPICH's Abort may return before it kills this process
 
@@ -286,7 +290,7 @@ class _GradientSink:
         self.scale = 1.0
 
     def gemm_fold(self, name, param):
-        return self.views[name], self.scale, 0.0, None
+        return optim.GemmFold(self.views[name], self.scale, 0.0, None)
 
     def step(self, params, grads):
         for name, g in grads.items():

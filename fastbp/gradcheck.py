@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _validation as val
+
 __all__ = [
     "GradCheckEntry",
     "GradCheckReport",
@@ -58,15 +60,6 @@ def _check_h(h):
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"h must be a positive finite float, got {h!r}")
     return value
-
-
-def _check_count(value, name, minimum):
-    """`value` as an int >= minimum (TypeError for non-integers, ValueError when too small)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_perturbable(x, name):
@@ -313,7 +306,7 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
         raise ValueError(
             f"analytic_grad must have the shape of x {x.shape}, got {analytic_grad.shape}"
         )
-    num_checks = _check_count(num_checks, "num_checks", minimum=0)
+    num_checks = val.integer(num_checks, "num_checks", 0)
     if x.size == 0 and num_checks:
         raise ValueError("x is empty: there is no entry to check")
     _warn_if_narrow({"x": x.dtype}, stacklevel=2)
@@ -533,7 +526,7 @@ def check_model_gradients(model, X, y, h=1e-5, params=None, num_checks=None, see
     if not names:
         raise ValueError("no parameters to check")
     if num_checks is not None:
-        num_checks = _check_count(num_checks, "num_checks", minimum=1)
+        num_checks = val.integer(num_checks, "num_checks", 1)
     for name in names:
         _check_perturbable(model_params[name], f"model.params[{name!r}]")
     _warn_if_narrow({name: model_params[name].dtype for name in names}, stacklevel=2)

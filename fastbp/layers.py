@@ -13,9 +13,11 @@ import math
 
 import numpy as np
 
+from . import _specs
 from ._config import threads_for
 from ._validation import (
-    as_array, as_float, as_labels, compute_dtype, finite_real, require_shape, unpack_cache,
+    FLOAT_DTYPES, as_array, as_float, as_labels, compute_dtype, finite_real, real, require_shape,
+    unit_interval, unpack_cache,
 )
 from .backend import kernels
 
@@ -136,8 +138,6 @@ def affine_backward(dout, cache):
 # activations: elementwise kernels over the raveled array
 
 
-_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
-
 # The kernels take 1-D C-contiguous float32/float64 ndarrays (they check it, with the NumPy
 # C-API, in ~0.05 us).  Tiny calls are dominated by Python overhead, so the common case -- plain
 # ndarrays that already have a native dtype and layout -- is recognised with a few attribute
@@ -146,7 +146,7 @@ _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _forward(kernel, x, *scalars):
-    if type(x) is np.ndarray and x.dtype in _NATIVE and x.flags.c_contiguous:
+    if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES and x.flags.c_contiguous:
         a = xc = x  # the common case, checked cheaply
     else:
         a = as_array(x, "x")
@@ -158,7 +158,7 @@ def _forward(kernel, x, *scalars):
 
 def _backward(kernel, dout, saved, saved_name, *scalars):
     fast = (  # the common case, checked cheaply: nothing to convert
-        type(dout) is np.ndarray and type(saved) is np.ndarray and dout.dtype in _NATIVE
+        type(dout) is np.ndarray and type(saved) is np.ndarray and dout.dtype in FLOAT_DTYPES
         and saved.dtype == dout.dtype and dout.flags.c_contiguous and saved.flags.c_contiguous
     )
     d = dout if fast else as_array(dout, "dout")
@@ -175,9 +175,11 @@ def _backward(kernel, dout, saved, saved_name, *scalars):
 
 
 def _approximate(value):
-    if value not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' or 'tanh', got {value!r}")
-    return value == "tanh"
+    """GELU's form, checked; the kernels' scalar for it."""
+    row = _specs.ACTIVATIONS["gelu"]
+    if value not in row.forms:
+        raise ValueError(f"approximate must be {' or '.join(map(repr, row.forms))}, got {value!r}")
+    return row.kernel_scalars(value)[0]
 
 
 def relu_forward(x):
@@ -210,17 +212,27 @@ def relu_backward(dout, cache):
     return _backward("relu_backward", dout, cache, "cache x")
 
 
+def _alpha_forward(name, x, alpha):
+    """Forward of an activation with a real parameter alpha: ``(out, (x, alpha))``."""
+    alpha = finite_real(alpha, "alpha")
+    a, out = _forward(name + "_forward", x, alpha)
+    return out, (a, alpha)
+
+
+def _alpha_backward(name, dout, cache):
+    """Backward from the ``(x, alpha)`` cache of :func:`_alpha_forward`."""
+    x, alpha = unpack_cache(cache, "cache", 2)
+    return _backward(name + "_backward", dout, x, "cache x", finite_real(alpha, "cache alpha"))
+
+
 def leaky_relu_forward(x, alpha=0.01):
     """Leaky ReLU forward: ``x if x > 0 else alpha * x``; cache ``(x, alpha)``."""
-    alpha = finite_real(alpha, "alpha")
-    a, out = _forward("leaky_relu_forward", x, alpha)
-    return out, (a, alpha)
+    return _alpha_forward("leaky_relu", x, alpha)
 
 
 def leaky_relu_backward(dout, cache):
     """Leaky ReLU backward: ``dout * (1 if x > 0 else alpha)``; returns dx."""
-    x, alpha = unpack_cache(cache, "cache", 2)
-    return _backward("leaky_relu_backward", dout, x, "cache x", finite_real(alpha, "cache alpha"))
+    return _alpha_backward("leaky_relu", dout, cache)
 
 
 def sigmoid_forward(x):
@@ -247,15 +259,12 @@ def tanh_backward(dout, cache):
 
 def elu_forward(x, alpha=1.0):
     """ELU forward: ``x if x > 0 else alpha * (exp(x) - 1)``; cache ``(x, alpha)``."""
-    alpha = finite_real(alpha, "alpha")
-    a, out = _forward("elu_forward", x, alpha)
-    return out, (a, alpha)
+    return _alpha_forward("elu", x, alpha)
 
 
 def elu_backward(dout, cache):
     """ELU backward from the input: ``dout if x > 0 else dout * alpha * exp(x)``; returns dx."""
-    x, alpha = unpack_cache(cache, "cache", 2)
-    return _backward("elu_backward", dout, x, "cache x", finite_real(alpha, "cache alpha"))
+    return _alpha_backward("elu", dout, cache)
 
 
 def gelu_forward(x, approximate="none"):
@@ -278,14 +287,11 @@ def gelu_backward(dout, cache):
     return _backward("gelu_backward", dout, x, "cache x", _approximate(approximate))
 
 
-#: name -> (forward, backward, keyword of the extra parameter or None, its default)
+#: name -> (forward, backward, keyword of the extra parameter or None, its default), one entry
+#: per row of the spec table (fastbp._specs.ACTIVATIONS)
 ACTIVATIONS = {
-    "relu": (relu_forward, relu_backward, None, None),
-    "leaky_relu": (leaky_relu_forward, leaky_relu_backward, "alpha", 0.01),
-    "sigmoid": (sigmoid_forward, sigmoid_backward, None, None),
-    "tanh": (tanh_forward, tanh_backward, None, None),
-    "elu": (elu_forward, elu_backward, "alpha", 1.0),
-    "gelu": (gelu_forward, gelu_backward, "approximate", "none"),
+    name: (globals()[name + "_forward"], globals()[name + "_backward"], row.param, row.default)
+    for name, row in _specs.ACTIVATIONS.items()
 }
 
 
@@ -348,12 +354,16 @@ def softmax_loss(x, y):
     TypeError
         For non-integer labels or non-numeric scores.
     """
+    return _classification_loss("softmax", x, y)
+
+
+def _classification_loss(name, x, y):
+    """(mean loss, dx) through the fused kernel of loss row `name` (fastbp._specs.LOSSES)."""
     s, labels, dtype = _scores_and_labels(x, y)
     n, c = s.shape
     dx = np.empty((n, c), dtype)
-    loss = kernels().softmax_cross_entropy(
-        s, labels, dx, np.empty(n, np.float64), 1.0 / n, threads_for(n * c)
-    )
+    loss = getattr(kernels(), _specs.LOSSES[name].kernel)(
+        s, labels, dx, np.empty(n, np.float64), 1.0 / n, threads_for(n * c))
     return dtype.type(loss), dx
 
 
@@ -364,11 +374,7 @@ def svm_loss(x, y):
     ``mean_i sum_{j != y_i} max(0, x_ij - x_iy_i + 1)``, and a margin of exactly 0 contributes
     no gradient.
     """
-    s, labels, dtype = _scores_and_labels(x, y)
-    n, c = s.shape
-    dx = np.empty((n, c), dtype)
-    loss = kernels().svm_hinge(s, labels, dx, np.empty(n, np.float64), 1.0 / n, threads_for(n * c))
-    return dtype.type(loss), dx
+    return _classification_loss("svm", x, y)
 
 
 def mse_loss(pred, target):
@@ -550,22 +556,6 @@ def _norm_param(param, name):
     return param
 
 
-def norm_eps(value, name):
-    """eps as a float >= 0 (ValueError for a negative or non-finite value)."""
-    eps = finite_real(value, name)
-    if eps < 0:
-        raise ValueError(f"{name} must be >= 0, got {eps}")
-    return eps
-
-
-def norm_momentum(value, name):
-    """momentum as a float in [0, 1]."""
-    momentum = finite_real(value, name)
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {momentum}")
-    return momentum
-
-
 def _norm_inputs(x, gamma, beta):
     """x (N, D), gamma and beta (D,) as C-contiguous arrays of their common float dtype."""
     x, gamma, beta = as_array(x, "x"), as_array(gamma, "gamma"), as_array(beta, "beta")
@@ -631,8 +621,8 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     mode = bn_param.get("mode")
     if mode not in _BN_MODES:
         raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
-    eps = norm_eps(bn_param.get("eps", 1e-5), "bn_param['eps']")
-    momentum = norm_momentum(bn_param.get("momentum", 0.9), "bn_param['momentum']")
+    eps = real(bn_param.get("eps", 1e-5), "bn_param['eps']", minimum=0)
+    momentum = unit_interval(bn_param.get("momentum", 0.9), "bn_param['momentum']")
     x, gamma, beta, dtype = _norm_inputs(x, gamma, beta)
     n, d = x.shape
     running_mean = _running(bn_param, "running_mean", d, dtype)
@@ -741,7 +731,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
         For eps < 0, a non-2-D x, or gamma / beta not of shape (D,).
     """
     _norm_param(ln_param, "ln_param")
-    eps = norm_eps(ln_param.get("eps", 1e-5), "ln_param['eps']")
+    eps = real(ln_param.get("eps", 1e-5), "ln_param['eps']", minimum=0)
     x, gamma, beta, dtype = _norm_inputs(x, gamma, beta)
     n, d = x.shape
     out = np.empty((n, d), dtype)

@@ -28,7 +28,6 @@ e. Normalization (``"batchnorm"`` / ``"layernorm"``) goes between each hidden af
    ``model.params = {}``).
 """
 
-import math
 import numbers
 import os
 import pickle
@@ -36,6 +35,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import _validation as val
 from . import optim
 from .layers import (
     affine_backward,
@@ -65,24 +65,6 @@ _NORMALIZATIONS = {
 
 # --------------------------------------------------------------------------------------------
 # argument checks
-
-
-def _int(value, name, minimum):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _real(value, name, *, positive=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
-                         f"got {value}")
-    return value
 
 
 def _l2(params, names):
@@ -127,11 +109,11 @@ class TwoLayerNet:
 
     def __init__(self, input_dim=3 * 32 * 32, hidden_dim=100, num_classes=10, weight_scale=1e-3,
                  reg=0.0):
-        input_dim = _int(input_dim, "input_dim", 1)
-        hidden_dim = _int(hidden_dim, "hidden_dim", 1)
-        num_classes = _int(num_classes, "num_classes", 1)
-        weight_scale = _real(weight_scale, "weight_scale", positive=True)
-        self.reg = _real(reg, "reg")
+        input_dim = val.integer(input_dim, "input_dim", 1)
+        hidden_dim = val.integer(hidden_dim, "hidden_dim", 1)
+        num_classes = val.integer(num_classes, "num_classes", 1)
+        weight_scale = val.real(weight_scale, "weight_scale", 0, strict=True)
+        self.reg = val.real(reg, "reg", 0)
         self.params = {
             "W1": weight_scale * np.random.randn(input_dim, hidden_dim),
             "b1": np.zeros(hidden_dim),
@@ -227,18 +209,18 @@ class FullyConnectedNet:
             )
         if isinstance(hidden_dims, (str, bytes)) or not hasattr(hidden_dims, "__iter__"):
             raise TypeError(f"hidden_dims must be a sequence of ints, got {hidden_dims!r}")
-        dims = [_int(h, f"hidden_dims[{i}]", 1) for i, h in enumerate(hidden_dims)]
-        input_dim = _int(input_dim, "input_dim", 1)
-        num_classes = _int(num_classes, "num_classes", 1)
-        keep = _real(dropout_keep_ratio, "dropout_keep_ratio", positive=True)
+        dims = [val.integer(h, f"hidden_dims[{i}]", 1) for i, h in enumerate(hidden_dims)]
+        input_dim = val.integer(input_dim, "input_dim", 1)
+        num_classes = val.integer(num_classes, "num_classes", 1)
+        keep = val.real(dropout_keep_ratio, "dropout_keep_ratio", 0, strict=True)
         if keep > 1:
             raise ValueError(f"dropout_keep_ratio must lie in (0, 1], got {keep}")
-        weight_scale = _real(weight_scale, "weight_scale", positive=True)
+        weight_scale = val.real(weight_scale, "weight_scale", 0, strict=True)
         try:
             np_dtype = np.dtype(dtype)
         except TypeError:
             raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}") from None
-        if np_dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        if np_dtype not in val.FLOAT_DTYPES:
             raise ValueError(f"dtype must be np.float32 or np.float64, got {np_dtype}")
         if seed is not None:
             if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
@@ -248,7 +230,7 @@ class FullyConnectedNet:
 
         self.normalization = normalization
         self.use_dropout = dropout_keep_ratio != 1
-        self.reg = _real(reg, "reg")
+        self.reg = val.real(reg, "reg", 0)
         self.num_layers = 1 + len(dims)
         self.dtype = dtype
         self.params = {}
@@ -391,7 +373,7 @@ def _resolve_update_rule(rule):
 
 
 def _optional_count(value, name):
-    return None if value is None else _int(value, name, 1)
+    return None if value is None else val.integer(value, name, 1)
 
 
 class Solver:
@@ -479,9 +461,9 @@ class Solver:
         self.optim_config = options["optim_config"]
         if not isinstance(self.optim_config, Mapping):
             raise TypeError(f"optim_config must be a dict, got {type(self.optim_config).__name__}")
-        self.lr_decay = _real(options["lr_decay"], "lr_decay")
-        self.batch_size = _int(options["batch_size"], "batch_size", 1)
-        self.num_epochs = _int(options["num_epochs"], "num_epochs", 0)
+        self.lr_decay = val.real(options["lr_decay"], "lr_decay", 0)
+        self.batch_size = val.integer(options["batch_size"], "batch_size", 1)
+        self.num_epochs = val.integer(options["num_epochs"], "num_epochs", 0)
         self.num_train_samples = _optional_count(options["num_train_samples"],
                                                  "num_train_samples")
         self.num_val_samples = _optional_count(options["num_val_samples"], "num_val_samples")
@@ -489,7 +471,7 @@ class Solver:
         if self.checkpoint_name is not None and not isinstance(self.checkpoint_name,
                                                                (str, os.PathLike)):
             raise TypeError(f"checkpoint_name must be a str, got {self.checkpoint_name!r}")
-        self.print_every = _int(options["print_every"], "print_every", 1)
+        self.print_every = val.integer(options["print_every"], "print_every", 1)
         self.verbose = options["verbose"]
 
         self._reset()
@@ -559,7 +541,7 @@ class Solver:
         float
         """
         num_samples = _optional_count(num_samples, "num_samples")
-        batch_size = _int(batch_size, "batch_size", 1)
+        batch_size = val.integer(batch_size, "batch_size", 1)
         N = X.shape[0]
         if N == 0:
             raise ValueError("check_accuracy: X is empty")

@@ -13,8 +13,10 @@ Design
   the fused kernels (fastbp._kernels._fused): bias + activation in the GEMM epilogue, the
   activation derivative fused with the bias-gradient reduction, and the optimizer update folded
   into the weight-gradient GEMM where the optimizer allows it (``Optimizer.gemm_fold``).  The
-  unfused path (``forward``, ``backward``, ``optimizer.step``) is the reference it is tested
-  against.
+  plan comes from fastbp._planner on every step, from what each layer declares
+  (``Linear.fused_linear``, ``_Activation.fused_activation``, read from its spec-table row and
+  its current parameter), never from class names.  The unfused path (``forward``,
+  ``backward``, ``optimizer.step``) is the reference it is tested against.
 * Every input is validated before any kernel runs and before any parameter changes, so a failed
   ``train_step`` leaves the parameters as they were.
 * Parameter names in a ``Sequential`` are ``"<index>.<name>"`` (``"0.W"``, ``"0.b"``, ...).
@@ -26,11 +28,11 @@ from types import MappingProxyType
 
 import numpy as np
 
+from . import _specs
 from . import _validation as val
 from ._config import threads_for
-from ._fused_step import fused_train_step, fusion_plan
+from ._planner import StepCache, fused_train_step, fusion_plan
 from .backend import kernels
-from .layers import norm_eps, norm_momentum
 
 __all__ = [
     "Module",
@@ -52,16 +54,6 @@ __all__ = [
     "LayerNorm",
     "NORMS",
 ]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _float_dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt not in _FLOATS:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
 
 class _Buffers:
     """Named arrays reused while their shape stays the same (kernels never allocate)."""
@@ -185,14 +177,6 @@ _INITS = {
 }
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
 class Linear(Module):
     """Fully-connected layer ``y = x @ W + b``.
 
@@ -215,9 +199,9 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None,
                  init="he"):
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.dtype = _float_dtype(dtype)
+        self.in_features = val.integer(in_features, "in_features", 1)
+        self.out_features = val.integer(out_features, "out_features", 1)
+        self.dtype = val.float_dtype(dtype)
         if init not in _INITS:
             raise ValueError(f"init must be one of {sorted(_INITS)}, got {init!r}")
         std = _INITS[init](self.in_features, self.out_features)
@@ -266,20 +250,51 @@ class Linear(Module):
             raise RuntimeError(f"{self!r}: backward called before forward")
         return self._x
 
+    @property
+    def fused_linear(self):
+        """True: the fused step may run this layer as its GEMM (False for a subclass that
+        overrides forward or backward, whose math the fused kernels would not know)."""
+        cls = type(self)
+        return cls.forward is Linear.forward and cls.backward is Linear.backward
+
 
 class _Activation(Module):
-    """Elementwise activation; ``kernel`` names the forward/backward kernels."""
+    """Elementwise activation described by its row of the spec table (``spec``,
+    fastbp._specs.ACTIVATIONS): the kernels it calls, what backward reads, how it fuses."""
 
-    kernel = None
-    saves_output = False  # backward reads the forward output (sigmoid, tanh) or its input
+    spec = None
 
     def __init__(self):
         self.params, self.grads = {}, {}
         self._buf = _Buffers()
         self._saved = None
 
+    @property
+    def kernel(self):
+        """The kernels' name: ``<kernel>_forward`` / ``<kernel>_backward``."""
+        return self.spec.name
+
+    @property
+    def saves_output(self):
+        """True when backward reads the forward output (sigmoid, tanh), else the input."""
+        return self.spec.backward_reads == "output"
+
+    def _parameter(self):
+        """The current value of the spec's parameter, checked (it may be set between steps)."""
+        return None
+
     def _scalars(self):
-        return ()
+        return self.spec.kernel_scalars(self._parameter())
+
+    @property
+    def fused_activation(self):
+        """How the fused kernels run this layer (fastbp._specs.FusedActivation), read from its
+        CURRENT parameter; None when they cannot (a subclass overriding forward or backward, or
+        a parameter value whose backward cannot be read from the output)."""
+        cls = type(self)
+        if cls.forward is not _Activation.forward or cls.backward is not _Activation.backward:
+            return None
+        return self.spec.fused(self._parameter())
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -309,7 +324,7 @@ class _Activation(Module):
 class ReLU(_Activation):
     """``max(x, 0)``; the derivative at 0 is 0."""
 
-    kernel = "relu"
+    spec = _specs.ACTIVATIONS["relu"]
 
 
 class _AlphaActivation(_Activation):
@@ -319,8 +334,8 @@ class _AlphaActivation(_Activation):
         super().__init__()
         self.alpha = val.finite_real(alpha, "alpha")
 
-    def _scalars(self):
-        return (self.alpha,)
+    def _parameter(self):
+        return val.finite_real(self.alpha, "alpha")
 
     def __repr__(self):
         return f"{type(self).__name__}(alpha={self.alpha})"
@@ -329,7 +344,7 @@ class _AlphaActivation(_Activation):
 class LeakyReLU(_AlphaActivation):
     """``x if x > 0 else alpha * x``."""
 
-    kernel = "leaky_relu"
+    spec = _specs.ACTIVATIONS["leaky_relu"]
 
     def __init__(self, alpha=0.01):
         super().__init__(alpha)
@@ -338,21 +353,19 @@ class LeakyReLU(_AlphaActivation):
 class Sigmoid(_Activation):
     """Logistic sigmoid (backward reads the saved output)."""
 
-    kernel = "sigmoid"
-    saves_output = True
+    spec = _specs.ACTIVATIONS["sigmoid"]
 
 
 class Tanh(_Activation):
     """tanh (backward reads the saved output)."""
 
-    kernel = "tanh"
-    saves_output = True
+    spec = _specs.ACTIVATIONS["tanh"]
 
 
 class ELU(_AlphaActivation):
     """``x if x > 0 else alpha * (exp(x) - 1)``."""
 
-    kernel = "elu"
+    spec = _specs.ACTIVATIONS["elu"]
 
     def __init__(self, alpha=1.0):
         super().__init__(alpha)
@@ -361,30 +374,26 @@ class ELU(_AlphaActivation):
 class GELU(_Activation):
     """GELU, exact (``approximate="none"``) or PyTorch's tanh approximation."""
 
-    kernel = "gelu"
+    spec = _specs.ACTIVATIONS["gelu"]
 
     def __init__(self, approximate="none"):
         super().__init__()
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
+        self._parameter()
 
-    def _scalars(self):
-        return (self.approximate == "tanh",)
+    def _parameter(self):
+        forms = self.spec.forms
+        if self.approximate not in forms:
+            raise ValueError(f"approximate must be {' or '.join(map(repr, forms))}, "
+                             f"got {self.approximate!r}")
+        return self.approximate
 
     def __repr__(self):
         return f"GELU(approximate={self.approximate!r})"
 
 
-#: activation name -> class (the CLI and MLP look names up here)
-ACTIVATIONS = {
-    "relu": ReLU,
-    "leaky_relu": LeakyReLU,
-    "sigmoid": Sigmoid,
-    "tanh": Tanh,
-    "elu": ELU,
-    "gelu": GELU,
-}
+#: activation name -> class (the CLI and MLP look names up here), one per spec-table row
+ACTIVATIONS = {name: globals()[row.nn_class] for name, row in _specs.ACTIVATIONS.items()}
 
 
 # --------------------------------------------------------------------------------------- losses
@@ -393,6 +402,9 @@ ACTIVATIONS = {
 class _Loss:
     """A loss: ``forward(pred, target) -> float`` (mean over the batch), ``backward() -> dpred``.
 
+    ``spec`` is its row of the spec table (fastbp._specs.LOSSES); ``kernel`` names its fused
+    loss + gradient kernel.
+
     The gradient is computed in the same fused pass as the loss and kept in a reused buffer.
 
     Parameters
@@ -400,6 +412,13 @@ class _Loss:
     check_finite : bool, default False
         Raise ValueError when the predictions hold NaN or infinity (before anything else runs).
     """
+
+    spec = None
+
+    @property
+    def kernel(self):
+        """The fused loss + gradient kernel's name."""
+        return self.spec.kernel
 
     def __init__(self, check_finite=False):
         self.check_finite = bool(check_finite)
@@ -431,7 +450,6 @@ class _Loss:
 
 
 class _ClassificationLoss(_Loss):
-    kernel = None
 
     def forward(self, scores, y):
         """Mean loss over the batch for scores (N, C) and integer labels y (N,) in [0, C)."""
@@ -448,17 +466,19 @@ class _ClassificationLoss(_Loss):
 class SoftmaxCrossEntropy(_ClassificationLoss):
     """Softmax cross-entropy on logits (PyTorch's ``CrossEntropyLoss``), mean over the batch."""
 
-    kernel = "softmax_cross_entropy"
+    spec = _specs.LOSSES["softmax"]
 
 
 class MulticlassHinge(_ClassificationLoss):
     """Multiclass SVM hinge loss with margin 1 (CS231n ``svm_loss``), mean over the batch."""
 
-    kernel = "svm_hinge"
+    spec = _specs.LOSSES["svm"]
 
 
 class MSELoss(_Loss):
     """Mean squared error over all elements (PyTorch's ``MSELoss``)."""
+
+    spec = _specs.LOSSES["mse"]
 
     def forward(self, pred, target):
         """``mean((pred - target)**2)`` for arrays of equal shape (N, D)."""
@@ -469,13 +489,13 @@ class MSELoss(_Loss):
         t = val.as_float(t, "target", p.dtype)
         grad = self._buf.get("grad", p.shape, p.dtype)
         rows = self._buf.get("rows", (p.shape[0],), np.float64)
-        loss = kernels().mse(p, t, grad, rows, 1.0 / p.size, threads_for(p.size))
+        loss = getattr(kernels(), self.kernel)(p, t, grad, rows, 1.0 / p.size, threads_for(p.size))
         self._grad = grad
         return float(loss)
 
 
-#: loss name -> class
-LOSSES = {"softmax": SoftmaxCrossEntropy, "svm": MulticlassHinge, "mse": MSELoss}
+#: loss name -> class, one per spec-table row
+LOSSES = {name: globals()[row.nn_class] for name, row in _specs.LOSSES.items()}
 
 
 # ----------------------------------------------------------------------------------- containers
@@ -522,7 +542,7 @@ class Sequential(Module):
                 raise TypeError(f"layer {i} is a {type(layer).__name__}, not a fastbp.nn.Module")
         self.layers = list(layers)
         self.criterion = criterion
-        self._fused_cache = {}
+        self._step_cache = StepCache(_Buffers())
 
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
@@ -617,18 +637,20 @@ class Sequential(Module):
             self.backward(loss.backward())
             optimizer.step(self.params, self.grads)
             return value
-        return fused_train_step(self, plan, x, y, loss, optimizer)
+        first = plan.stages[0].linear
+        if not (type(x) is np.ndarray and x.dtype == plan.dtype and x.flags.c_contiguous
+                and x.ndim == 2 and x.shape[1] == first.in_features):
+            x = first._input(x)
+        return fused_train_step(plan, self._step_cache, x, y, loss, optimizer)
 
     def _fusion_plan(self):
-        """The fused plan for the current layers (fastbp._fused_step.fusion_plan), cached."""
-        key = tuple(map(id, self.layers))
-        if key not in self._fused_cache:
-            self._fused_cache = {key: fusion_plan(self.layers)}
-        return self._fused_cache[key]
+        """The fused plan of the CURRENT layers (fastbp._planner.fusion_plan; derived on every
+        step, so an edit of the layers or of their parameters can never leave it stale)."""
+        return fusion_plan(self.layers)
 
     def _batches(self, x, batch_size):
         a = val.as_array(x, "x")
-        _positive_int(batch_size, "batch_size")
+        val.integer(batch_size, "batch_size", 1)
         for start in range(0, a.shape[0], batch_size):
             yield a[start:start + batch_size]
 
@@ -656,7 +678,7 @@ class Sequential(Module):
         argmax of the outputs with integer labels (NaN for regression targets).
         """
         crit = loss or self.criterion or SoftmaxCrossEntropy()
-        _positive_int(batch_size, "batch_size")
+        val.integer(batch_size, "batch_size", 1)
         a = val.as_array(x, "x")
         t = np.asarray(y)
         if t.shape[0] != a.shape[0]:
@@ -693,7 +715,7 @@ class MLP(Sequential):
 
     def __init__(self, sizes, activation="relu", loss="softmax", bias=True, dtype=np.float32,
                  rng=None, init="he", norm=None, **activation_kwargs):
-        sizes = [_positive_int(s, "sizes[i]") for s in sizes]
+        sizes = [val.integer(s, "sizes[i]", 1) for s in sizes]
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least input and output sizes, got {sizes}")
         if activation not in ACTIVATIONS:
@@ -711,9 +733,57 @@ class MLP(Sequential):
                     layers.append(NORMS[norm](fan_out, dtype=dtype))
                 layers.append(ACTIVATIONS[activation](**activation_kwargs))
         super().__init__(*layers, criterion=LOSSES[loss]())
-        self.sizes = sizes
-        self.activation = activation
-        self.norm = norm
+        self._activation, self._norm = activation, norm
+
+    def _architecture(self):
+        """(sizes, activation name, norm name) read from the CURRENT layers; ValueError when they
+        are no longer ``Linear [-> norm] -> activation -> ... -> Linear`` with one kind of
+        activation and of norm (``model.layers`` was edited so)."""
+        layers, sizes, acts, norms = list(self.layers), [], set(), set()
+        norm_names = {cls: name for name, cls in NORMS.items()}
+        i, ok = 0, True
+        while ok and i < len(layers):
+            lin = layers[i]
+            if not isinstance(lin, Linear) or (sizes and sizes[-1] != lin.in_features):
+                ok = False
+                break
+            sizes[len(sizes) - 1:] = [lin.in_features, lin.out_features]
+            i += 1
+            if i == len(layers):
+                break
+            norms.add(norm_names.get(type(layers[i])) if isinstance(layers[i], _Norm) else None)
+            i += isinstance(layers[i], _Norm)
+            if i == len(layers) or not isinstance(layers[i], _Activation):
+                ok = False
+                break
+            acts.add(layers[i].spec.name)
+            i += 1
+        else:
+            ok = False  # ended after an activation: no output Linear
+        if ok and len(acts) <= 1 and len(norms) <= 1:
+            return (sizes, acts.pop() if acts else self._activation,
+                    norms.pop() if norms else self._norm)
+        raise ValueError(
+            f"this MLP's layers were edited into something that is not Linear [-> norm] -> "
+            f"activation -> ... -> Linear with one activation and one norm: "
+            f"{[type(layer).__name__ for layer in layers]}"
+        )
+
+    @property
+    def sizes(self):
+        """``[in_features, hidden_1, ..., n_outputs]``, read from the current layers."""
+        return self._architecture()[0]
+
+    @property
+    def activation(self):
+        """The hidden activation's name (a key of :data:`ACTIVATIONS`), from the current layers."""
+        return self._architecture()[1]
+
+    @property
+    def norm(self):
+        """The hidden normalization's name (a key of :data:`NORMS`) or None, from the current
+        layers."""
+        return self._architecture()[2]
 
 
 # -------------------------------------------------------------------------------- normalization
@@ -725,9 +795,9 @@ class _Norm(Module):
     and the float64 statistics the backward kernel reads."""
 
     def __init__(self, num_features, eps, affine, dtype):
-        self.num_features = _positive_int(num_features, "num_features")
-        self.eps = norm_eps(eps, "eps")
-        self.dtype = _float_dtype(dtype)
+        self.num_features = val.integer(num_features, "num_features", 1)
+        self.eps = val.real(eps, "eps", minimum=0)
+        self.dtype = val.float_dtype(dtype)
         gamma = np.ones(self.num_features, self.dtype)
         beta = np.zeros(self.num_features, self.dtype)
         self.affine = bool(affine)
@@ -806,7 +876,7 @@ class BatchNorm1d(_Norm):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
         super().__init__(num_features, eps, affine, dtype)
-        self.momentum = norm_momentum(momentum, "momentum")
+        self.momentum = val.unit_interval(momentum, "momentum")
         self.buffers = {"running_mean": np.zeros(self.num_features, self.dtype),
                         "running_var": np.ones(self.num_features, self.dtype)}
 

@@ -53,3 +53,45 @@ def numerical_gradient_array(f, x, df, h=1e-6):
         flat[i] = old
         grad.reshape(-1)[i] = np.sum((pos - neg) * df) / (2 * h)
     return grad
+
+
+# ---- test grids derived from the spec tables (fastbp._specs): a new row is tested everywhere
+
+#: values tried for an activation's real parameter, besides its default
+REAL_PARAM_VALUES = (0.2, 3.0)
+
+
+def kernel_variants(row):
+    """The kernels' keyword arguments to try for an activation row: the default, two other
+    values of a real parameter, or every form (as the kernels' flag)."""
+    if row.param is None:
+        return ({},)
+    if row.forms:
+        return tuple({row.param: row.kernel_scalars(form)[0]} for form in row.forms)
+    return ({},) + tuple({row.param: v} for v in REAL_PARAM_VALUES)
+
+
+def layer_variants(row):
+    """The public (layers / nn) keyword arguments to try: default, other values or forms."""
+    if row.param is None:
+        return ({},)
+    if row.forms:
+        return tuple({row.param: form} for form in row.forms)
+    return ({},) + tuple({row.param: v} for v in REAL_PARAM_VALUES)
+
+
+def saved_name(row):
+    """What the elementwise backward reads, as its argument is named: "x" or "y"."""
+    return "y" if row.backward_reads == "output" else "x"
+
+
+def torch_activation(torch, row, value=None):
+    """PyTorch's function of an activation row (the table's names and parameters are
+    PyTorch's), at the public parameter `value` (a real, or a form name; default: the row's)."""
+    fn = getattr(torch, row.name, None) or getattr(torch.nn.functional, row.name)
+    if row.param is None:
+        return fn
+    value = row.default if value is None else value
+    if row.forms:
+        return lambda t: fn(t, **{row.param: value})
+    return lambda t: fn(t, value)

@@ -6,20 +6,19 @@ n_threads x activation (with its alpha / GELU-form variants), inputs read-only.
 
 import numpy as np
 import pytest
-from helpers import DTYPES, ODD_SHAPES, THREADS, assert_close, tol
+from helpers import (
+    DTYPES, ODD_SHAPES, THREADS, assert_close, kernel_variants, saved_name, tol, torch_activation,
+)
+
+from fastbp._specs import ACTIVATIONS as SPEC_ACTIVATIONS
 
 from fastbp._kernels import _activations as K
 from fastbp.reference import activations as R
 
-#: name -> (what backward reads: forward input "x" or output "y", keyword variants)
-ACTIVATIONS = {
-    "relu": ("x", ({},)),
-    "leaky_relu": ("x", ({}, {"alpha": 0.2}, {"alpha": 3.0})),
-    "sigmoid": ("y", ({},)),
-    "tanh": ("y", ({},)),
-    "elu": ("x", ({}, {"alpha": 0.5}, {"alpha": 2.0})),
-    "gelu": ("x", ({"approximate": False}, {"approximate": True})),
-}
+#: name -> (what backward reads: forward input "x" or output "y", keyword variants), from the
+#: spec table
+ACTIVATIONS = {name: (saved_name(row), kernel_variants(row))
+               for name, row in SPEC_ACTIVATIONS.items()}
 CASES = [
     pytest.param(name, kw, id=name + "".join(f"-{k}={v}" for k, v in kw.items()))
     for name, (_, variants) in ACTIVATIONS.items()
@@ -56,8 +55,8 @@ def run(mod, name, kw, x, dout, n_threads=1):
 
 # ---- API -----------------------------------------------------------------------------------
 
-def test_both_modules_export_the_same_twelve_kernels():
-    assert len(NAMES) == 12
+def test_both_modules_export_the_same_kernels():
+    assert len(NAMES) == 2 * len(SPEC_ACTIVATIONS)
     assert sorted(K.__all__) == sorted(R.__all__) == sorted(NAMES)
     for name in NAMES:
         assert callable(getattr(K, name)) and callable(getattr(R, name))
@@ -290,18 +289,12 @@ def test_kernel_argument_errors():
 # ---- PyTorch -------------------------------------------------------------------------------
 
 def _torch_forward(torch, name, kw, t):
-    F = torch.nn.functional
-    if name == "relu":
-        return F.relu(t)
-    if name == "leaky_relu":
-        return F.leaky_relu(t, kw.get("alpha", 0.01))
-    if name == "sigmoid":
-        return torch.sigmoid(t)
-    if name == "tanh":
-        return torch.tanh(t)
-    if name == "elu":
-        return F.elu(t, kw.get("alpha", 1.0))
-    return F.gelu(t, approximate="tanh" if kw["approximate"] else "none")
+    """PyTorch at the kernels' keyword arguments `kw` (GELU's form as the kernels' flag)."""
+    row = SPEC_ACTIVATIONS[name]
+    value = kw.get(row.param) if row.param else None
+    if row.forms and value is not None:
+        value = row.forms[1] if value else row.forms[0]
+    return torch_activation(torch, row, value)(t)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

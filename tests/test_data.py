@@ -574,6 +574,11 @@ def test_minibatches_validate_at_call_time():
 
 def test_public_names():
     assert set(data.__all__) == {
+        "DATASETS",
+        "Dataset",
+        "DataSpec",
+        "describe_split",
+        "load_dataset",
         "iterate_minibatches",
         "load_digits",
         "load_mnist",

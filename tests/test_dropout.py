@@ -241,3 +241,12 @@ def test_backends_agree_bitwise(rng, backend, dtype):
     np.testing.assert_array_equal(out_b, out)
     np.testing.assert_array_equal(cache_b[1], cache[1])
     np.testing.assert_array_equal(dx_b, dx)
+
+
+@pytest.mark.parametrize("n_threads", [0, -1])
+def test_kernels_reject_a_thread_count_below_one(n_threads):
+    x = np.ones(5)
+    with pytest.raises(ValueError, match="n_threads must be >= 1"):
+        _kernels.dropout_forward(x, np.empty(5), np.empty(5), 0.5, 1, n_threads)
+    with pytest.raises(ValueError, match="n_threads must be >= 1"):
+        _kernels.dropout_backward(x, x, np.empty(5), n_threads)

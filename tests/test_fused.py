@@ -5,10 +5,19 @@ import pytest
 from helpers import DTYPES, THREADS, assert_close
 
 from fastbp import _kernels, reference
+from fastbp._specs import FUSED_ACTIVATIONS, FUSED_FORMS, FUSED_FROM_INPUT
 from fastbp.reference import fused as ref_fused
 
-ACTS = [("identity", 0.0), ("relu", 0.0), ("leaky_relu", 0.1), ("sigmoid", 0.0), ("tanh", 0.0),
-        ("elu", 0.7), ("gelu", 0.0), ("gelu_tanh", 0.0)]
+ALPHA = 0.7  # for the rows with a real parameter
+
+
+def _alpha(code):
+    row = FUSED_FORMS.get(code, (None,))[0]
+    return ALPHA if row is not None and row.param and not row.forms else 0.0
+
+
+#: every fused code of the spec table, with the alpha it is tried at
+ACTS = [(code, _alpha(code)) for code in FUSED_ACTIVATIONS]
 SHAPES = [(1, 1, 1), (7, 5, 33), (33, 7, 300), (0, 3, 4), (5, 0, 3)]
 
 
@@ -34,7 +43,7 @@ def test_linear_act_forward(rng, act, alpha, dtype, n, d, m, threads):
     reference.linear_act_forward(x, w, b, act, alpha, pre_exp, exp)
     assert_close(got, exp, dtype, scale=10)
     assert_close(pre_got, pre_exp, dtype, scale=10)
-    if act not in ("gelu", "gelu_tanh"):
+    if act not in FUSED_FROM_INPUT:
         no_pre = np.empty((n, m), dtype)
         _kernels.linear_act_forward(x, w, None, act, alpha, None, no_pre, threads)
         reference.linear_act_forward(x, w, None, act, alpha, None, exp)
@@ -50,7 +59,7 @@ def test_act_backward_bias(rng, act, alpha, dtype, n, m, threads, scale, beta):
     z = rng.standard_normal((n, m)).astype(dtype)
     saved = np.empty_like(z)
     ref_fused._apply(act, alpha, z, saved)
-    if act in ("gelu", "gelu_tanh"):
+    if act in FUSED_FROM_INPUT:
         saved = z
     dout = rng.standard_normal((n, m)).astype(dtype)
     db0 = rng.standard_normal(m).astype(dtype)
@@ -65,26 +74,24 @@ def test_act_backward_bias(rng, act, alpha, dtype, n, m, threads, scale, beta):
     assert_close(inplace, dz_exp, dtype)
 
 
-@pytest.mark.parametrize("act,elementwise,alpha", [
-    ("relu", "relu", ()), ("leaky_relu", "leaky_relu", (0.1,)), ("sigmoid", "sigmoid", ()),
-    ("tanh", "tanh", ()), ("elu", "elu", (0.7,)), ("gelu", "gelu", (False,)),
-    ("gelu_tanh", "gelu", (True,)),
-])
-def test_fused_derivative_matches_elementwise_backward(rng, act, elementwise, alpha):
-    """The output form of the fused backward equals the elementwise backward from the input."""
+@pytest.mark.parametrize("act", list(FUSED_FORMS))
+def test_fused_derivative_matches_elementwise_backward(rng, act):
+    """The fused backward (from the output, or z) equals the elementwise backward (from x or y)."""
+    row, form = FUSED_FORMS[act]
+    alpha = _alpha(act)
+    scalars = row.kernel_scalars(form if row.forms else alpha)
     z = rng.standard_normal((9, 40))
     z[0, :3] = [0.0, -0.0, 1e-300]
     a = np.empty_like(z)
-    getattr(_kernels, elementwise + "_forward")(z.reshape(-1), a.reshape(-1), *alpha)
-    saved_by_elementwise = a if act in ("sigmoid", "tanh") else z
+    getattr(_kernels, row.name + "_forward")(z.reshape(-1), a.reshape(-1), *scalars)
+    saved_by_elementwise = a if row.backward_reads == "output" else z
     dout = rng.standard_normal(z.shape)
     expected = np.empty_like(z)
-    getattr(_kernels, elementwise + "_backward")(dout.reshape(-1), saved_by_elementwise.reshape(-1),
-                                                 expected.reshape(-1), *alpha)
+    getattr(_kernels, row.name + "_backward")(dout.reshape(-1), saved_by_elementwise.reshape(-1),
+                                              expected.reshape(-1), *scalars)
     dz = np.empty_like(z)
-    saved = z if act.startswith("gelu") else a
-    _kernels.act_backward_bias(dout, saved, act, alpha[0] if alpha and act != "gelu_tanh"
-                               and act != "gelu" else 0.0, dz, None)
+    saved = z if act in FUSED_FROM_INPUT else a
+    _kernels.act_backward_bias(dout, saved, act, alpha, dz, None)
     assert_close(dz, expected, np.float64)
 
 

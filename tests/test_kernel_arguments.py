@@ -9,12 +9,14 @@ of each array argument, so each rule is tested once for all of them.
 import numpy as np
 import pytest
 
+from helpers import saved_name
+
 from fastbp import _kernels
+from fastbp._specs import ACTIVATIONS
 
 IN, OUT = "in", "out"  # OUT: written by the kernel (outputs and in-place state)
 
-_ACT_SAVED = {"relu": "x", "leaky_relu": "x", "sigmoid": "y", "tanh": "y", "elu": "x",
-              "gelu": "x"}
+_ACT_SAVED = {name: saved_name(row) for name, row in ACTIVATIONS.items()}
 
 #: kernel -> ((argument, role), ...) for its arrays, then its other positional arguments
 KERNELS = {
@@ -185,3 +187,48 @@ def test_wrong_lengths_raise_value_error_naming_the_argument(kernel, name):
     arrays = _arrays(kernel)
     arrays[name] = arrays[name][:-1].copy()
     _raises_and_writes_nothing(kernel, arrays, ValueError, rf"{kernel}: .*\b{name}\b")
+
+
+# ---- the 2-D kernels (_linear, _fused) share the convention --------------------------------
+
+def _matrix_calls():
+    x, w, b = np.ones((2, 3)), np.ones((3, 4)), np.ones(4)
+    out, dout, dz = np.empty((2, 4)), np.ones((2, 4)), np.empty((2, 4))
+    return {
+        "linear_forward": ((x, w, b, out), {"x": 0, "w": 1, "out": 3}),
+        "linear_backward": ((dout, x, w, np.empty((2, 3)), np.empty((3, 4)), np.empty(4)),
+                            {"dout": 0, "x": 1, "dw": 4}),
+        "linear_act_forward": ((x, w, b, "relu", 0.0, None, out), {"x": 0, "out": 6}),
+        "act_backward_bias": ((dout, dout, "relu", 0.0, dz, np.empty(4)), {"saved": 1, "dz": 4}),
+    }
+
+
+MATRIX_CASES = [(k, name) for k, (_, names) in _matrix_calls().items() for name in names]
+
+
+@pytest.mark.parametrize("kernel,name", MATRIX_CASES)
+def test_matrix_kernels_check_every_array(kernel, name):
+    args, names = _matrix_calls()[kernel]
+    pos, fn = names[name], getattr(_kernels, kernel)
+
+    def call(value):
+        bad = list(args)
+        bad[pos] = value
+        return fn(*bad)
+
+    a = args[pos]
+    with pytest.raises(TypeError, match=f"{kernel}: {name} must be a numpy.ndarray"):
+        call(a.tolist())
+    with pytest.raises(TypeError, match=f"{kernel}: {name} "):
+        call(a.astype(np.float32) if pos else a.astype(np.int64))
+    with pytest.raises(ValueError, match=f"{kernel}: {name} must be C-contiguous"):
+        call(np.asfortranarray(np.ones((a.shape[0], a.shape[1] + 1)))[:, :-1])
+    with pytest.raises(ValueError, match=f"{kernel}: {name} must be 2-D"):
+        call(a.reshape(-1))
+    if name in ("out", "dw", "dz"):
+        ro = a.copy()
+        ro.setflags(write=False)
+        with pytest.raises(ValueError, match=f"{kernel}: {name} is read-only"):
+            call(ro)
+    with pytest.raises(ValueError, match=f"{kernel}: n_threads must be >= 1"):
+        fn(*args, n_threads=0)

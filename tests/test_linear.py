@@ -1,12 +1,12 @@
-"""fastbp._kernels._linear (and _blas) against fastbp.reference, and the affine layers."""
+"""fastbp._kernels._linear (and _blas) against fastbp.reference (the affine layers: test_layers.py)."""
 
 import threading
 
 import numpy as np
 import pytest
-from helpers import DTYPES, THREADS, assert_close, numerical_gradient_array
+from helpers import DTYPES, THREADS, assert_close
 
-from fastbp import _kernels, layers, reference
+from fastbp import _kernels, reference
 
 SHAPES = [(1, 1, 1), (1, 7, 33), (7, 1, 1), (7, 33, 7), (33, 7, 1), (64, 130, 17), (0, 5, 3)]
 
@@ -160,92 +160,3 @@ def test_kernels_are_reentrant_across_python_threads(rng):
         t.join()
     for (x, w, b), out in zip(jobs, results):
         assert_close(out, x @ w + b, np.float64, scale=30)
-
-
-# ---------------------------------------------------------------------------- affine layers
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_affine_forward_keeps_course_contract(rng, dtype):
-    x = rng.standard_normal((4, 2, 3, 5)).astype(dtype)
-    w = rng.standard_normal((30, 6)).astype(dtype)
-    b = rng.standard_normal(6).astype(dtype)
-    out, cache = layers.affine_forward(x, w, b)
-    assert out.dtype == dtype and out.shape == (4, 6)
-    assert cache[0] is x and cache[1] is w and cache[2] is b
-    assert_close(out, x.reshape(4, -1) @ w + b, dtype, scale=10)
-    dx, dw, db = layers.affine_backward(np.ones((4, 6), dtype), cache)
-    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
-    assert dx.dtype == dw.dtype == db.dtype == dtype
-
-
-def test_affine_course_test_vector():
-    """The CS231n affine_forward check: inputs from linspace, known output."""
-    num_inputs, input_shape, output_dim = 2, (4, 5, 6), 3
-    input_size = num_inputs * np.prod(input_shape)
-    weight_size = output_dim * np.prod(input_shape)
-    x = np.linspace(-0.1, 0.5, num=input_size).reshape(num_inputs, *input_shape)
-    w = np.linspace(-0.2, 0.3, num=weight_size).reshape(np.prod(input_shape), output_dim)
-    b = np.linspace(-0.3, 0.1, num=output_dim)
-    out, _ = layers.affine_forward(x, w, b)
-    correct_out = np.array([[1.49834967, 1.70660132, 1.91485297],
-                            [3.25553199, 3.5141327, 3.77273342]])
-    assert np.max(np.abs(out - correct_out) / np.maximum(1e-8, np.abs(out) + np.abs(correct_out))) < 1e-7
-
-
-def test_affine_backward_finite_differences(rng):
-    x = rng.standard_normal((10, 2, 3))
-    w = rng.standard_normal((6, 5))
-    b = rng.standard_normal(5)
-    dout = rng.standard_normal((10, 5))
-    _, cache = layers.affine_forward(x, w, b)
-    dx, dw, db = layers.affine_backward(dout, cache)
-    f = lambda: layers.affine_forward(x, w, b)[0]  # noqa: E731
-    for analytic, wrt in ((dx, x), (dw, w), (db, b)):
-        numeric = numerical_gradient_array(f, wrt, dout)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-7, atol=1e-8)
-
-
-def test_affine_accepts_noncontiguous_readonly_and_integer_inputs(rng):
-    x = rng.standard_normal((6, 8))[:, ::2]
-    w = np.asfortranarray(rng.standard_normal((4, 3)))
-    w.setflags(write=False)
-    b = np.arange(3)
-    out, cache = layers.affine_forward(x, w, b)
-    assert_close(out, x @ w + b, np.float64, scale=10)
-    assert x.flags.writeable and not w.flags.writeable
-    xi = np.arange(12).reshape(3, 4)
-    out, _ = layers.affine_forward(xi, np.ones((4, 2), np.int32), np.zeros(2, np.int8))
-    assert out.dtype == np.float64
-    np.testing.assert_array_equal(out[:, 0], xi.sum(1))
-
-
-def test_affine_promotes_mixed_dtypes(rng):
-    x = rng.standard_normal((3, 4)).astype(np.float32)
-    out, cache = layers.affine_forward(x, np.ones((4, 2)), np.zeros(2, np.float32))
-    assert out.dtype == np.float64
-    dx, dw, db = layers.affine_backward(np.ones((3, 2), np.float32), cache)
-    assert dx.dtype == np.float64
-
-
-@pytest.mark.parametrize("call,match", [
-    (lambda: layers.affine_forward(np.ones((2, 3)), np.ones((4, 2)), np.ones(2)), "w must have shape"),
-    (lambda: layers.affine_forward(np.ones((2, 3)), np.ones((3, 2)), np.ones(3)), "b must have shape"),
-    (lambda: layers.affine_forward(np.ones((2, 3)), np.ones(3), np.ones(3)), "w must have shape"),
-    (lambda: layers.affine_forward(np.float64(1.0), np.ones((1, 2)), np.ones(2)), "x must have"),
-    (lambda: layers.affine_backward(np.ones((2, 3)), (np.ones((2, 3)), np.ones((3, 2)), np.ones(2))),
-     "dout must have shape"),
-    (lambda: layers.affine_backward(np.ones((2, 2)), (np.ones((2, 3)), np.ones((3, 2)))),
-     "cache must be the 3-tuple"),
-    (lambda: layers.affine_backward(np.ones((2, 2)), None), "cache must be the 3-tuple"),
-])
-def test_affine_rejects_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
-def test_affine_rejects_non_numeric():
-    with pytest.raises(TypeError, match="x"):
-        layers.affine_forward(np.array([["a", "b"]]), np.ones((2, 2)), np.ones(2))
-    with pytest.raises(TypeError, match="w"):
-        layers.affine_forward(np.ones((1, 2)), np.ones((2, 2), complex), np.ones(2))

@@ -7,9 +7,13 @@
 # branch-free polynomials in csrc/fastbp_math.h.  The one exception is exact GELU in double,
 # which calls libm erfc (scalar; no double-accurate vectorisable erfc is provided).
 #
-# Naming: <act>_fwd(x[, alpha]) -> y and <act>_bwd(dout, saved[, alpha]) -> dx, where `saved` is
-# the forward INPUT x for relu, leaky_relu, elu and gelu, and the forward OUTPUT y for sigmoid and
-# tanh.  NaN inputs give NaN outputs in every forward.
+# Naming: <code>_fwd(x[, alpha]) -> y and <code>_bwd(dout, saved[, alpha]) -> dx for every code of
+# the spec table (fastbp/_specs.py: one per activation, one per GELU form), where `saved` is what
+# the row's backward_reads says: the forward INPUT x for relu, leaky_relu, elu and gelu, the
+# forward OUTPUT y for sigmoid and tanh.  A row whose fused backward reads the output although
+# its elementwise backward reads the input names that helper in `output_backward` (ELU).  The
+# kernels' loops are generated from the table (_activations.pyx.tp, _fused_loops.pxd.tp), so
+# adding an activation here needs no loop.  NaN inputs give NaN outputs in every forward.
 #
 # Float stays float: Cython writes an integer literal next to a float as a C double (`1.0`), which
 # would promote the arithmetic to double (slower, and a different rounding than the float
@@ -127,6 +131,12 @@ cdef inline floating elu_fwd(floating x, floating alpha) noexcept nogil:
 cdef inline floating elu_bwd(floating dout, floating x, floating alpha) noexcept nogil:
     cdef floating xn = 0 if x > 0 else x
     return dout if x > 0 else dout * alpha * vexp(xn)
+
+
+cdef inline floating elu_bwd_from_output(floating g, floating a, floating alpha) noexcept nogil:
+    """ELU'(z)·g from the output a (the fused backward, alpha >= 0): 1 where a > 0, a + alpha
+    (= alpha·e^z) elsewhere."""
+    return g if a > 0 else g * (a + alpha)
 
 
 # ---- GELU, exact: x * Phi(x); d/dx = Phi(x) + x*phi(x) -----------------------------------------

@@ -61,15 +61,8 @@ cdef inline int _layout_error(str kernel, str name, cnp.ndarray a, int need) exc
     raise AssertionError("unreachable")
 
 
-cdef inline char *array_data(object a, str kernel, str name, int typenum, bint writeable,
-                             Py_ssize_t n, str sized_by) except? NULL:
-    """The data pointer of `a`, checked as above: `typenum` is the call's dtype, `writeable`
-    says the kernel writes `a`, and n >= 0 is the length `a` must have (that of the array
-    named `sized_by`); n < 0 skips the length check.
-
-    NULL is returned only for an array whose data pointer is NULL, which NumPy does not make
-    (it allocates at least one byte even for empty arrays); the kernels read nothing then.
-    """
+cdef inline cnp.ndarray _typed(object a, str kernel, str name, int typenum):
+    """`a` as an ndarray of type `typenum` in native byte order (TypeError otherwise)."""
     if not cnp.PyArray_Check(a):
         _not_ndarray(kernel, name, a)
     cdef cnp.ndarray arr = <cnp.ndarray>a
@@ -79,17 +72,99 @@ cdef inline char *array_data(object a, str kernel, str name, int typenum, bint w
             f"{cnp.PyArray_DescrFromType(typenum)} "
             f"(every array of a call has the dtype of the first)"
         )
+    return arr
+
+
+cdef inline int _check_layout(cnp.ndarray arr, str kernel, str name, bint writeable) except -1:
+    """C-contiguous and aligned, and writeable when the kernel writes it (ValueError)."""
+    cdef int need = _OUT_FLAGS if writeable else _IN_FLAGS
+    if (cnp.PyArray_FLAGS(arr) & need) != need:
+        _layout_error(kernel, name, arr, need)
+    return 0
+
+
+cdef inline int check_array(object a, str kernel, str name, int typenum,
+                            bint writeable) except -1:
+    """Check `a` as above for any number of dimensions (no 1-D or length check)."""
+    _check_layout(_typed(a, kernel, name, typenum), kernel, name, writeable)
+    return 0
+
+
+cdef inline char *array_data(object a, str kernel, str name, int typenum, bint writeable,
+                             Py_ssize_t n, str sized_by) except? NULL:
+    """The data pointer of `a`, checked as above: `typenum` is the call's dtype, `writeable`
+    says the kernel writes `a`, and n >= 0 is the length `a` must have (that of the array
+    named `sized_by`); n < 0 skips the length check.
+
+    NULL is returned only for an array whose data pointer is NULL, which NumPy does not make
+    (it allocates at least one byte even for empty arrays); the kernels read nothing then.
+    """
+    cdef cnp.ndarray arr = _typed(a, kernel, name, typenum)
     if cnp.PyArray_NDIM(arr) != 1:
         raise ValueError(
             f"{kernel}: {name} must be 1-D (the caller ravels), got shape {a.shape}"
         )
-    cdef int need = _OUT_FLAGS if writeable else _IN_FLAGS
-    if (cnp.PyArray_FLAGS(arr) & need) != need:
-        _layout_error(kernel, name, arr, need)
+    _check_layout(arr, kernel, name, writeable)
     if n >= 0 and cnp.PyArray_DIM(arr, 0) != n:
         raise ValueError(f"{kernel}: {name} has length {cnp.PyArray_DIM(arr, 0)}, expected {n} "
                          f"(the length of {sized_by})")
     return cnp.PyArray_BYTES(arr)
+
+
+cdef inline char *matrix_data(object a, str kernel, str name, int typenum, bint writeable,
+                              Py_ssize_t rows, Py_ssize_t cols) except? NULL:
+    """The data pointer of a 2-D `a`, checked as array_data is (the dtype of the call, C order,
+    writeable when written), with shape (rows, cols); a negative rows or cols is not checked.
+    None gives NULL (an optional buffer); the caller decides whether None is allowed."""
+    if a is None:
+        return NULL
+    cdef cnp.ndarray arr = _typed(a, kernel, name, typenum)
+    if cnp.PyArray_NDIM(arr) != 2:
+        raise ValueError(f"{kernel}: {name} must be 2-D, got shape {a.shape}")
+    _check_layout(arr, kernel, name, writeable)
+    cdef Py_ssize_t r = cnp.PyArray_DIM(arr, 0), c = cnp.PyArray_DIM(arr, 1)
+    if (rows >= 0 and r != rows) or (cols >= 0 and c != cols):
+        raise ValueError(f"{kernel}: {name} has shape {(r, c)}, expected "
+                         f"{(rows if rows >= 0 else r, cols if cols >= 0 else c)}")
+    return cnp.PyArray_BYTES(arr)
+
+
+cdef inline char *vector_data(object a, str kernel, str name, int typenum, bint writeable,
+                              Py_ssize_t n, str sized_by) except? NULL:
+    """array_data for an optional 1-D buffer of length n: None gives NULL."""
+    if a is None:
+        return NULL
+    return array_data(a, kernel, name, typenum, writeable, n, sized_by)
+
+
+cdef struct Affine:
+    # the checked arguments of an affine forward out := x·w (+ b): pointers and sizes
+    const char *x
+    const char *w
+    const char *b      # NULL without a bias
+    char *out
+    Py_ssize_t n, d, m
+
+
+cdef inline int affine_arrays(str kernel, object x, object w, object b, object out,
+                              Affine *a) except -1:
+    """Check x (N, D), w (D, M), b (M,) or None and out (N, M) as matrix_data / vector_data do,
+    fill `a`, and return the call's dtype (x's)."""
+    cdef int t = float_type(x, kernel, "x")
+    a.x = matrix_data(x, kernel, "x", t, False, -1, -1)
+    a.n, a.d = (<cnp.ndarray>x).shape[0], (<cnp.ndarray>x).shape[1]
+    a.w = matrix_data(w, kernel, "w", t, False, a.d, -1)
+    a.m = (<cnp.ndarray>w).shape[1]
+    a.b = vector_data(b, kernel, "b", t, False, a.m, "w's columns")
+    a.out = matrix_data(out, kernel, "out", t, True, a.n, a.m)
+    return t
+
+
+cdef inline int check_threads(str kernel, int n_threads) except -1:
+    """ValueError unless n_threads >= 1 (prange(num_threads=0) is not "serial")."""
+    if n_threads < 1:
+        raise ValueError(f"{kernel}: n_threads must be >= 1, got {n_threads}")
+    return 0
 
 
 cdef inline Py_ssize_t length(object a) noexcept:

@@ -14,119 +14,94 @@ b. GEMMs: one BLAS call each (never a hand-written loop, never BLAS inside a pra
 c. Parallel work here is only the O(N·M) bias epilogue (over rows) and the bias gradient
    db = s·Σ_rows dout + β·db (over blocks of columns: each thread owns whole columns and
    adds the rows in order, so the sum is identical for any thread count and matches NumPy's
-   row-by-row `sum(axis=0)`).
+   row-by-row `sum(axis=0)`); both are the fused kernels' loops (_fused_loops.pxd) with no
+   activation, so the fused and unfused paths share one column sum.
 d. Optional buffers: b = None (no bias), dx / dw / db = None (not computed; the first layer of
    a network needs no dx).
+e. Entry: ndarrays checked with the NumPy C-API (_arrays.pxd: type, the dtype of the first
+   array, 2-D, C order, outputs writeable, shapes), as every kernel module does; then one
+   float or double call of the pointer loops.
 """
+cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange
 
+from ._arrays cimport (
+    Affine, affine_arrays, check_threads, float_type, matrix_data, vector_data,
+)
 from ._blas cimport gemm_rm
+from ._fused_loops cimport IDENTITY, _epilogue, column_sum
+
+cnp.import_array()
 
 __all__ = ["linear_forward", "linear_backward"]
 
-cdef Py_ssize_t COL_BLOCK = 256  # columns per task in the bias-gradient reduction
+cdef void _forward(floating tag, const floating *x, const floating *w, const floating *b,
+                   floating *out, Py_ssize_t n, Py_ssize_t d, Py_ssize_t m,
+                   int n_threads) noexcept nogil:
+    """out := x·w (+ b), for n, m > 0."""
+    gemm_rm(False, False, <int>n, <int>m, <int>d, 1.0, x if d else NULL, <int>max(d, 1),
+            w if d else NULL, <int>m, 0.0, out, <int>m)
+    if b != NULL:  # the fused kernels' epilogue, with no activation
+        _epilogue(out, b, <floating *>NULL, n, m, IDENTITY, 0, n_threads)
 
 
-cdef void _add_bias(floating[:, ::1] out, const floating[::1] b, int n_threads) noexcept nogil:
-    cdef Py_ssize_t i, j, n = out.shape[0], m = out.shape[1]
-    if n_threads > 1:
-        for i in prange(n, schedule="static", num_threads=n_threads):
-            for j in range(m):
-                out[i, j] = out[i, j] + b[j]
-    else:  # no parallel region: it costs ~0.8 us even with one thread
-        for i in range(n):
-            for j in range(m):
-                out[i, j] = out[i, j] + b[j]
-
-
-cdef void _column_sum_block(const floating[:, ::1] a, Py_ssize_t j0, Py_ssize_t j1,
-                            floating scale, floating beta, floating[::1] out) noexcept nogil:
-    """out[j] := scale * Σ_i a[i, j] + beta * out[j] for j in [j0, j1), rows added in order."""
-    cdef floating acc[256]
-    cdef Py_ssize_t i, j, w = j1 - j0
-    for j in range(w):
-        acc[j] = 0
-    for i in range(a.shape[0]):
-        for j in range(w):
-            acc[j] = acc[j] + a[i, j0 + j]
-    if beta == 0:
-        for j in range(w):
-            out[j0 + j] = scale * acc[j]
-    else:
-        for j in range(w):
-            out[j0 + j] = scale * acc[j] + beta * out[j0 + j]
-
-
-cdef void _column_sum(const floating[:, ::1] a, floating scale, floating beta,
-                      floating[::1] out, int n_threads) noexcept nogil:
-    cdef Py_ssize_t blk, m = a.shape[1]
-    cdef Py_ssize_t n_blocks = (m + COL_BLOCK - 1) // COL_BLOCK
-    if n_threads > 1:
-        for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
-            _column_sum_block(a, blk * COL_BLOCK, min(m, (blk + 1) * COL_BLOCK), scale, beta,
-                              out)
-    else:
-        for blk in range(n_blocks):
-            _column_sum_block(a, blk * COL_BLOCK, min(m, (blk + 1) * COL_BLOCK), scale, beta,
-                              out)
-
-
-def _shape_error(kernel, name, got, expected):
-    return ValueError(f"{kernel}: {name} has shape {tuple(got)}, expected {expected}")
-
-
-def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w,
-                   const floating[::1] b, floating[:, ::1] out, int n_threads=1):
-    """out := x @ w + b   (x (N, D), w (D, M), b (M,) or None, out (N, M))."""
-    cdef Py_ssize_t n = x.shape[0], d = x.shape[1], m = w.shape[1]
-    if w.shape[0] != d:
-        raise _shape_error("linear_forward", "w", (w.shape[0], w.shape[1]), (d, m))
-    if out.shape[0] != n or out.shape[1] != m:
-        raise _shape_error("linear_forward", "out", (out.shape[0], out.shape[1]), (n, m))
-    cdef bint has_bias = b is not None
-    if has_bias and b.shape[0] != m:
-        raise _shape_error("linear_forward", "b", (b.shape[0],), (m,))
+cdef void _backward(floating tag, const floating *dout, const floating *x, const floating *w,
+                    floating *dx, floating *dw, floating *db, Py_ssize_t n, Py_ssize_t d,
+                    Py_ssize_t m, double scale, double beta, int n_threads) noexcept nogil:
+    """dx := dout·wᵀ; dw := s·xᵀ·dout + β·dw; db := s·Σ_rows dout + β·db (NULL: skipped)."""
     if n == 0 or m == 0:
+        dout = NULL
+    if dx != NULL and n and d:
+        gemm_rm(False, True, <int>n, <int>d, <int>m, 1.0, dout, <int>max(m, 1),
+                w if m else NULL, <int>max(m, 1), 0.0, dx, <int>d)
+    if dw != NULL and d and m:
+        gemm_rm(True, False, <int>d, <int>m, <int>n, scale, x if n else NULL, <int>d, dout,
+                <int>m, beta, dw, <int>m)
+    if db != NULL and m:
+        column_sum(dout, n, m, <floating>scale, <floating>beta, db, n_threads)
+
+
+def linear_forward(x, w, b, out, int n_threads=1):
+    """out := x @ w + b   (x (N, D), w (D, M), b (M,) or None, out (N, M))."""
+    cdef Affine a
+    cdef int t = affine_arrays("linear_forward", x, w, b, out, &a)
+    check_threads("linear_forward", n_threads)
+    if a.n == 0 or a.m == 0:
         return
     with nogil:
-        gemm_rm(False, False, <int>n, <int>m, <int>d, 1.0,
-                &x[0, 0] if d else NULL, <int>max(d, 1),
-                &w[0, 0] if d else NULL, <int>m, 0.0, &out[0, 0], <int>m)
-        if has_bias:
-            _add_bias(out, b, n_threads)
+        if t == cnp.NPY_FLOAT32:
+            _forward(<float>0, <const float *>a.x, <const float *>a.w, <const float *>a.b,
+                     <float *>a.out, a.n, a.d, a.m, n_threads)
+        else:
+            _forward(<double>0, <const double *>a.x, <const double *>a.w, <const double *>a.b,
+                     <double *>a.out, a.n, a.d, a.m, n_threads)
 
 
-def linear_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
-                    const floating[:, ::1] w, floating[:, ::1] dx, floating[:, ::1] dw,
-                    floating[::1] db, double scale=1.0, double beta=0.0, int n_threads=1):
+def linear_backward(dout, x, w, dx, dw, db, double scale=1.0, double beta=0.0,
+                    int n_threads=1):
     """dx := dout @ wᵀ;  dw := s·xᵀ @ dout + β·dw;  db := s·Σ_rows dout + β·db.
 
     Any of dx, dw, db may be None (not computed).  `scale` and `beta` apply to the parameter
     gradients only; dx is overwritten, and computed before dw, so dw may be w itself
     (s = -lr, β = 1: an SGD step inside the GEMM).
     """
-    cdef Py_ssize_t n = dout.shape[0], m = dout.shape[1], d = x.shape[1]
-    if x.shape[0] != n:
-        raise _shape_error("linear_backward", "x", (x.shape[0], x.shape[1]), (n, d))
-    if w.shape[0] != d or w.shape[1] != m:
-        raise _shape_error("linear_backward", "w", (w.shape[0], w.shape[1]), (d, m))
-    cdef bint want_dx = dx is not None, want_dw = dw is not None, want_db = db is not None
-    if want_dx and (dx.shape[0] != n or dx.shape[1] != d):
-        raise _shape_error("linear_backward", "dx", (dx.shape[0], dx.shape[1]), (n, d))
-    if want_dw and (dw.shape[0] != d or dw.shape[1] != m):
-        raise _shape_error("linear_backward", "dw", (dw.shape[0], dw.shape[1]), (d, m))
-    if want_db and db.shape[0] != m:
-        raise _shape_error("linear_backward", "db", (db.shape[0],), (m,))
-    cdef const floating *pdout = NULL
-    if n and m:
-        pdout = &dout[0, 0]
+    cdef str k = "linear_backward"
+    cdef int t = float_type(dout, k, "dout")
+    cdef const char *pg = matrix_data(dout, k, "dout", t, False, -1, -1)
+    cdef Py_ssize_t n = (<cnp.ndarray>dout).shape[0], m = (<cnp.ndarray>dout).shape[1]
+    cdef const char *px = matrix_data(x, k, "x", t, False, n, -1)
+    cdef Py_ssize_t d = (<cnp.ndarray>x).shape[1]
+    cdef const char *pw = matrix_data(w, k, "w", t, False, d, m)
+    cdef char *pdx = matrix_data(dx, k, "dx", t, True, n, d)
+    cdef char *pdw = matrix_data(dw, k, "dw", t, True, d, m)
+    cdef char *pdb = vector_data(db, k, "db", t, True, m, "dout's columns")
+    check_threads(k, n_threads)
     with nogil:
-        if want_dx and n and d:
-            gemm_rm(False, True, <int>n, <int>d, <int>m, 1.0, pdout, <int>max(m, 1),
-                    &w[0, 0] if m else NULL, <int>max(m, 1), 0.0, &dx[0, 0], <int>d)
-        if want_dw and d and m:
-            gemm_rm(True, False, <int>d, <int>m, <int>n, scale,
-                    &x[0, 0] if n else NULL, <int>d, pdout, <int>m, beta, &dw[0, 0], <int>m)
-        if want_db and m:
-            _column_sum(dout, <floating>scale, <floating>beta, db, n_threads)
+        if t == cnp.NPY_FLOAT32:
+            _backward(<float>0, <const float *>pg, <const float *>px, <const float *>pw,
+                      <float *>pdx, <float *>pdw, <float *>pdb, n, d, m, scale, beta,
+                      n_threads)
+        else:
+            _backward(<double>0, <const double *>pg, <const double *>px, <const double *>pw,
+                      <double *>pdx, <double *>pdw, <double *>pdb, n, d, m, scale, beta,
+                      n_threads)

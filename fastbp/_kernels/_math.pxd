@@ -1,7 +1,5 @@
 # Scalar math shared by the kernels: the vectorisable exp from csrc/fastbp_math.h, dispatched on
-# the fused type, plus libm for the functions that need no vectorising (one call per row).
-from libc.math cimport exp as libm_exp, log as libm_log, logf as libm_logf
-from libc.math cimport erf as libm_erf, erff as libm_erff, tanh as libm_tanh, tanhf as libm_tanhf
+# the fused type, and the per-ISA clone marker for loop functions.
 from cython cimport floating
 
 cdef extern from "fastbp_math.h" nogil:
@@ -19,10 +17,3 @@ cdef inline floating vexp(floating x) noexcept nogil:
         return fastbp_expf(x)
     else:
         return fastbp_exp(x)
-
-
-cdef inline floating flog(floating x) noexcept nogil:
-    if floating is float:
-        return libm_logf(x)
-    else:
-        return libm_log(x)

@@ -10,11 +10,8 @@ a. Layout and ownership: every buffer is a 1-D C-contiguous ndarray (float32 or 
    and the optimizer state (v, cache, m, ...) are read and written IN PLACE, so must be
    writeable; the gradient dw is only read (read-only arrays work).  Nothing here allocates:
    the Python layer (fastbp.optim) owns the state arrays and creates them once per parameter.
-   Kernels take C-contiguous ndarrays; the entry validates with the NumPy C-API (_arrays.pxd:
-   type, dtype, 1-D, contiguity, writeable, length, each error naming the argument), not
-   through typed memoryviews: acquiring a memoryview costs ~0.3-0.5 us per argument plus the
-   fused-type dispatch (measured on empty arrays: adam_step's whole call took ~0.85 us with
-   four memoryviews, ~0.17 us now), which dominated the update of small parameters.
+   The entry validates with the NumPy C-API (_arrays.pxd, which says why not memoryviews:
+   adam_step's whole call ~0.85 us with four of them, ~0.17 us now).
 b. One pass: each kernel reads w, dw and its state once and writes w and the state once, in one
    loop, so a step is a single sweep over memory (NumPy's course formulas make 4-12 temporaries
    and as many passes).  An optimizer step is memory-bound: passes, not flops, set its speed.
@@ -46,7 +43,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport pow, sqrt, sqrtf
 
-from ._arrays cimport array_data, float_type, length
+from ._arrays cimport array_data, check_threads, float_type, length
 
 cnp.import_array()
 
@@ -228,12 +225,6 @@ cdef void _adam(floating *w, const floating *dw, floating *m, floating *v, Py_ss
 # kernels: check every argument (design a) with the GIL, before any memory is touched, then
 # run the float or double sweep without it.  w fixes the dtype and the length of a call.
 
-cdef int _check_threads(str kernel, int n_threads) except -1:
-    if n_threads < 1:
-        raise ValueError(f"{kernel}: n_threads must be >= 1, got {n_threads}")
-    return 0
-
-
 def sgd_step(w, dw, double lr, double weight_decay, int n_threads=1):
     """w := w - lr * (dw + weight_decay * w), in place  (all 1-D, same length and dtype).
 
@@ -243,7 +234,7 @@ def sgd_step(w, dw, double lr, double weight_decay, int n_threads=1):
     cdef char *pw = array_data(w, "sgd_step", "w", t, True, -1, None)
     cdef Py_ssize_t n = length(w)
     cdef const char *pdw = array_data(dw, "sgd_step", "dw", t, False, n, "w")
-    _check_threads("sgd_step", n_threads)
+    check_threads("sgd_step", n_threads)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _sgd(<float *>pw, <const float *>pdw, n, lr, weight_decay, n_threads)
@@ -258,7 +249,7 @@ def sgd_momentum_step(w, dw, v, double lr, double momentum, int n_threads=1):
     cdef Py_ssize_t n = length(w)
     cdef const char *pdw = array_data(dw, "sgd_momentum_step", "dw", t, False, n, "w")
     cdef char *pv = array_data(v, "sgd_momentum_step", "v", t, True, n, "w")
-    _check_threads("sgd_momentum_step", n_threads)
+    check_threads("sgd_momentum_step", n_threads)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _sgd_momentum(<float *>pw, <const float *>pdw, <float *>pv, n, lr, momentum,
@@ -280,7 +271,7 @@ def momentum_step(w, dw, v, double lr, double momentum, double weight_decay, bin
     cdef Py_ssize_t n = length(w)
     cdef const char *pdw = array_data(dw, "momentum_step", "dw", t, False, n, "w")
     cdef char *pv = array_data(v, "momentum_step", "v", t, True, n, "w")
-    _check_threads("momentum_step", n_threads)
+    check_threads("momentum_step", n_threads)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _momentum(<float *>pw, <const float *>pdw, <float *>pv, n, lr, momentum,
@@ -300,7 +291,7 @@ def rmsprop_step(w, dw, cache, double lr, double decay_rate, double eps, double 
     cdef Py_ssize_t n = length(w)
     cdef const char *pdw = array_data(dw, "rmsprop_step", "dw", t, False, n, "w")
     cdef char *pc = array_data(cache, "rmsprop_step", "cache", t, True, n, "w")
-    _check_threads("rmsprop_step", n_threads)
+    check_threads("rmsprop_step", n_threads)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             _rmsprop(<float *>pw, <const float *>pdw, <float *>pc, n, lr, decay_rate, eps,
@@ -324,7 +315,7 @@ def adam_step(w, dw, m, v, double lr, double beta1, double beta2, double eps, Py
     cdef const char *pdw = array_data(dw, "adam_step", "dw", typ, False, n, "w")
     cdef char *pm = array_data(m, "adam_step", "m", typ, True, n, "w")
     cdef char *pv = array_data(v, "adam_step", "v", typ, True, n, "w")
-    _check_threads("adam_step", n_threads)
+    check_threads("adam_step", n_threads)
     if t < 1:
         raise ValueError(f"adam_step: t must be >= 1 (the step number, already incremented), "
                          f"got {t}")

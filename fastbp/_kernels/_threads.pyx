@@ -2,7 +2,7 @@
 """What the kernels were built with: OpenMP or not, and how many threads OpenMP offers now.
 
 The thread-count *policy* (user setting, caps, the serial cut-off for small work) lives in
-fastbp/_threads.py; this module only reports what the C runtime says at call time, so that
+fastbp/_config.py; this module only reports what the C runtime says at call time, so that
 OMP_NUM_THREADS and threadpoolctl limits are honoured.
 """
 

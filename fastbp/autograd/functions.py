@@ -44,8 +44,6 @@ __all__ = [
     "reshape", "transpose", "getitem", "concatenate",
 ]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -89,7 +87,7 @@ def _float(a, dtype=None):
     """Numeric ndarray `a` as a C-contiguous float32/float64 array (integers -> float64), for
     the kernels; no copy when it already is one."""
     if dtype is None:
-        dtype = a.dtype if a.dtype in _FLOATS else val.compute_dtype(a)
+        dtype = a.dtype if a.dtype in val.FLOAT_DTYPES else val.compute_dtype(a)
     if a.dtype != dtype or not a.flags.c_contiguous:
         a = np.ascontiguousarray(a, dtype)
     return a
@@ -488,7 +486,7 @@ def linear(x, W, b=None):
         raise ValueError(f"linear: b has shape {bd.shape}, expected ({wd.shape[1]},) for W of "
                          f"shape {wd.shape}")
     dtype = xd.dtype
-    if not (dtype in _FLOATS and wd.dtype == dtype and (bd is None or bd.dtype == dtype)):
+    if not (dtype in val.FLOAT_DTYPES and wd.dtype == dtype and (bd is None or bd.dtype == dtype)):
         dtype = val.compute_dtype(*(a for a in (xd, wd, bd) if a is not None))
     xd, wd = _float(xd, dtype), _float(wd, dtype)
     if bd is not None:

@@ -27,11 +27,10 @@ import threading
 
 import numpy as np
 
+from .._validation import FLOAT_DTYPES
 from .engine import run_backward
 
 __all__ = ["Tensor", "no_grad", "is_grad_enabled"]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _one(dtype):
@@ -40,7 +39,7 @@ def _one(dtype):
     return one
 
 
-_ONES = {dtype: _one(dtype) for dtype in _FLOATS}
+_ONES = {dtype: _one(dtype) for dtype in FLOAT_DTYPES}
 
 
 class _GradMode(threading.local):
@@ -94,7 +93,7 @@ def _numeric(a, name):
     kind = a.dtype.kind
     if kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    if kind == "f" and a.dtype not in _FLOATS:
+    if kind == "f" and a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} has dtype {a.dtype}; autograd tensors are float32 or float64")
     return a
 

@@ -53,12 +53,12 @@ f. Not done, deliberately: shuffling, biases, momentum, one-hot labels (hw0 has 
 
 import contextlib
 import math
-import numbers
 import os
 
 import numpy as np
 
 from .._config import threads_for
+from .. import _validation as val
 from .._validation import as_array, as_float, as_labels, compute_dtype
 from ..backend import kernels
 from ..data import MNIST_IMAGES_MAGIC, MNIST_LABELS_MAGIC, read_idx
@@ -75,7 +75,6 @@ __all__ = [
     "train_nn",
 ]
 
-_PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _EVAL_ROWS = 4096  # rows per block when train_* evaluate the loss and error of a data set
 _HEADER = "| Epoch | Train Loss | Train Err | Test Loss | Test Err |"
 _ROW = "|  {:>4} |    {:.5f} |   {:.5f} |   {:.5f} |  {:.5f} |"
@@ -210,7 +209,7 @@ def softmax_regression_epoch(X, y, theta, lr=0.1, batch=100):
     _parameter(theta, "theta", d, "X.shape[1]")
     labels = _labels(y, "y", n, theta.shape[1],
                      f"X has {n} rows; num_classes = theta.shape[1] = {theta.shape[1]}")
-    lr, batch = _finite(lr, "lr"), _count(batch, "batch", 1)
+    lr, batch = val.real(lr, "lr"), val.integer(batch, "batch", 1)
     with _c_contiguous(theta) as (work,):
         _softmax_epoch(X, labels, work, lr, batch)
 
@@ -272,7 +271,7 @@ def nn_epoch(X, y, W1, W2, lr=0.1, batch=100):
         raise ValueError("W1 and W2 must not share memory (both are updated in place)")
     labels = _labels(y, "y", n, W2.shape[1],
                      f"X has {n} rows; num_classes = W2.shape[1] = {W2.shape[1]}")
-    lr, batch = _finite(lr, "lr"), _count(batch, "batch", 1)
+    lr, batch = val.real(lr, "lr"), val.integer(batch, "batch", 1)
     with _c_contiguous(W1, W2) as (w1, w2):
         _nn_epoch(X, labels, w1, w2, lr, batch)
 
@@ -332,7 +331,8 @@ def train_softmax(X_tr, y_tr, X_te, y_te, epochs=10, lr=0.5, batch=100, cpp=Fals
         batch -- all before the header is printed.
     """
     X_tr, y_tr, X_te, y_te, k = _train_data(X_tr, y_tr, X_te, y_te)
-    epochs, lr, batch = _count(epochs, "epochs", 0), _finite(lr, "lr"), _count(batch, "batch", 1)
+    epochs, lr = val.integer(epochs, "epochs", 0), val.real(lr, "lr")
+    batch = val.integer(batch, "batch", 1)
     theta = np.zeros((X_tr.shape[1], k), dtype=np.float32)
     print(_HEADER)
     for epoch in range(epochs):
@@ -370,8 +370,9 @@ def train_nn(X_tr, y_tr, X_te, y_te, hidden_dim=500, epochs=10, lr=0.5, batch=10
         As :func:`train_softmax`, and for a hidden_dim that is not an int >= 1.
     """
     X_tr, y_tr, X_te, y_te, k = _train_data(X_tr, y_tr, X_te, y_te)
-    hidden_dim = _count(hidden_dim, "hidden_dim", 1)
-    epochs, lr, batch = _count(epochs, "epochs", 0), _finite(lr, "lr"), _count(batch, "batch", 1)
+    hidden_dim = val.integer(hidden_dim, "hidden_dim", 1)
+    epochs, lr = val.integer(epochs, "epochs", 0), val.real(lr, "lr")
+    batch = val.integer(batch, "batch", 1)
     np.random.seed(0)
     # hw0 divides the float32 randn by np.sqrt(...); under NumPy 1 (hw0's) that stays float32,
     # under NumPy 2 (NEP 50) it would promote to float64.  Divide in float32 as hw0 meant.
@@ -488,7 +489,7 @@ def _parameter(a, name, rows, rows_from):
         raise TypeError(
             f"{name} must be a NumPy array (it is updated in place), got {type(a).__name__}"
         )
-    if a.dtype not in _PARAM_DTYPES:
+    if a.dtype not in val.FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
     if a.ndim != 2 or a.shape[0] != rows or a.shape[1] == 0:
         raise ValueError(
@@ -505,22 +506,6 @@ def _labels(y, name, n, k, context):
         return as_labels(y, name, n, k)
     except ValueError as exc:
         raise ValueError(f"{exc} ({context})") from None
-
-
-def _finite(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
-def _count(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 @contextlib.contextmanager

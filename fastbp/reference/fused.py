@@ -1,17 +1,28 @@
-"""NumPy twins of fastbp._kernels._fused (unfused: GEMM, then activation; derivative, then sum)."""
+"""NumPy twins of fastbp._kernels._fused (unfused: GEMM, then activation; derivative, then sum).
+
+The activation codes come from the spec table (fastbp._specs.FUSED_ACTIVATIONS): each code is
+an activation row and, for GELU, its form; the forward is that row's elementwise twin.
+"""
 
 import numpy as np
 
-from .activations import gelu_backward, gelu_forward, elu_forward, leaky_relu_forward
-from .activations import relu_forward, sigmoid_forward, tanh_forward
+from .._specs import FUSED_ACTIVATIONS, FUSED_FORMS, FUSED_FROM_INPUT
+from . import activations
 
 __all__ = ["linear_act_forward", "act_backward_bias"]
 
-ACTIVATION_CODES = {
-    "identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4, "elu": 5, "gelu": 6,
-    "gelu_tanh": 7,
+ACTIVATION_CODES = {code: i for i, code in enumerate(FUSED_ACTIVATIONS)}
+DIFFERENTIATED_FROM_INPUT = FUSED_FROM_INPUT
+
+#: dz from the saved OUTPUT a, for the rows whose fused backward reads it (fused_reads "output"):
+#: a > 0 exactly where z > 0 (alpha >= 0), and elu'(z) = a + alpha for z <= 0
+OUTPUT_DERIVATIVES = {
+    "relu": lambda g, a, alpha: g * (a > 0),
+    "leaky_relu": lambda g, a, alpha: np.where(a > 0, g, alpha * g),
+    "sigmoid": lambda g, a, alpha: g * a * (1 - a),
+    "tanh": lambda g, a, alpha: g * (1 - a * a),
+    "elu": lambda g, a, alpha: np.where(a > 0, g, g * (a + alpha)),
 }
-DIFFERENTIATED_FROM_INPUT = ("gelu", "gelu_tanh")
 
 
 def _check(activation):
@@ -20,22 +31,18 @@ def _check(activation):
                          f"got {activation!r}")
 
 
+def _scalars(activation, alpha):
+    """(row, the elementwise kernels' extra arguments) for a fused code."""
+    row, form = FUSED_FORMS[activation]
+    return row, row.kernel_scalars(form if row.forms else alpha)
+
+
 def _apply(activation, alpha, z, out):
-    flat_z, flat_out = z.reshape(-1), out.reshape(-1)
     if activation == "identity":
         out[...] = z
-    elif activation == "relu":
-        relu_forward(flat_z, flat_out)
-    elif activation == "leaky_relu":
-        leaky_relu_forward(flat_z, flat_out, alpha)
-    elif activation == "sigmoid":
-        sigmoid_forward(flat_z, flat_out)
-    elif activation == "tanh":
-        tanh_forward(flat_z, flat_out)
-    elif activation == "elu":
-        elu_forward(flat_z, flat_out, alpha)
-    else:
-        gelu_forward(flat_z, flat_out, activation == "gelu_tanh")
+        return
+    row, scalars = _scalars(activation, alpha)
+    getattr(activations, row.name + "_forward")(z.reshape(-1), out.reshape(-1), *scalars)
 
 
 def linear_act_forward(x, w, b, activation, alpha, pre, out, n_threads=1):
@@ -52,22 +59,15 @@ def linear_act_forward(x, w, b, activation, alpha, pre, out, n_threads=1):
 def act_backward_bias(dout, saved, activation, alpha, dz, db, scale=1.0, beta=0.0, n_threads=1):
     """dz := dout * act'(saved);  db := scale * Σ_rows dz + beta * db  (db may be None)."""
     _check(activation)
-    a = saved
     if activation == "identity":
         g = dout.copy()
-    elif activation == "relu":
-        g = dout * (a > 0)
-    elif activation == "leaky_relu":
-        g = np.where(a > 0, dout, alpha * dout)
-    elif activation == "sigmoid":
-        g = dout * a * (1 - a)
-    elif activation == "tanh":
-        g = dout * (1 - a * a)
-    elif activation == "elu":
-        g = np.where(a > 0, dout, dout * (a + alpha))
-    else:
+    elif activation in DIFFERENTIATED_FROM_INPUT:
+        row, scalars = _scalars(activation, alpha)
         g = np.empty_like(dout)
-        gelu_backward(dout.reshape(-1), a.reshape(-1), g.reshape(-1), activation == "gelu_tanh")
+        getattr(activations, row.name + "_backward")(
+            dout.reshape(-1), saved.reshape(-1), g.reshape(-1), *scalars)
+    else:
+        g = OUTPUT_DERIVATIVES[FUSED_FORMS[activation][0].name](dout, saved, alpha)
     dz[...] = g
     if db is not None:
         db[...] = scale * g.sum(axis=0) + (beta * db if beta else 0)

@@ -1,0 +1,285 @@
+# cython: language_level=3
+"""The whole training step in one nogil call: fastbp.nn.Sequential.train_step's compiled path.
+
+Design
+------
+a. What it runs: for a chain Linear [act] ... Linear planned by fastbp._planner, forward (GEMM +
+   epilogue per layer), the loss and its gradient (one pass per row), backward (activation
+   derivative fused with the bias-gradient reduction, dx from the old weights, the
+   weight-gradient GEMM) and the update: SGD / heavy-ball momentum folded into that GEMM, or
+   Adam / RMSProp as _optim's own sweeps (_optim.pxd) on the gradients, layer by layer, so the
+   result is the kernel-by-kernel path's bit for bit (tested).  The
+   row loops are the fused kernels' (_fused_loops.pxd), the row losses _losses' (_loss_math.pxd).
+b. No reference twin: it is tested against the kernel-by-kernel path (fastbp._planner's
+   general path, made of kernels that have twins) in tests/test_step.py.
+c. Ownership: the planner allocates every buffer once per (plan, batch size) and passes them
+   in; FusedStep keeps them (and the parameters and velocities it points into) alive.
+d. Checks: the planner checks everything when it builds a FusedStep; :meth:`FusedStep.run`
+   checks the batch, the labels' range and, before anything is written, that every array the
+   step writes is still a writeable, C-contiguous array of the step's dtype (a parameter may
+   have been made read-only since).  Loss codes are the spec table's
+   (fastbp._specs.LOSS_CODES, tested).
+"""
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
+
+from ._arrays cimport check_array
+from ._blas cimport gemm_rm
+from ._fused_loops cimport _backward, _epilogue
+from ._loss_math cimport mse_row, softmax_xent_row, svm_row
+from ._optim cimport _adam, _rmsprop
+from libc.math cimport pow, sqrt
+
+cnp.import_array()
+
+__all__ = []  # no kernel with a reference twin: FusedStep is the planner's
+
+cdef enum LossKind:
+    SOFTMAX_XENT, HINGE, SQUARED
+
+#: loss kernel name -> code, in the order of fastbp._specs.LOSS_CODES (tested)
+LOSS_KINDS = {"softmax_cross_entropy": SOFTMAX_XENT, "svm_hinge": HINGE, "mse": SQUARED}
+
+cdef enum UpdateKind:
+    UPDATE_SGD, UPDATE_ADAM, UPDATE_RMSPROP
+
+#: fastbp.optim.FusedUpdate.kind -> code
+UPDATE_KINDS = {"sgd": UPDATE_SGD, "adam": UPDATE_ADAM, "rmsprop": UPDATE_RMSPROP}
+
+
+cdef struct Layer:
+    Py_ssize_t d_in, d_out
+    int act
+    double alpha
+    void *w           # (d_in, d_out) parameters
+    void *b           # (d_out,) or NULL
+    void *w_target    # where the weight-gradient GEMM writes: w itself (plain SGD) or a velocity
+    void *b_target
+    void *out         # (n, d_out) activation output
+    void *pre         # (n, d_out) pre-activation, for gelu*; else NULL
+    void *dx          # (n, d_in) gradient w.r.t. the layer input; NULL for the first layer
+    void *w_state1    # Adam's exp_avg / RMSProp's square_avg of w (NULL for SGD)
+    void *w_state2    # Adam's exp_avg_sq of w
+    void *b_state1
+    void *b_state2
+
+
+cdef void *_address(a):
+    return <void *><size_t>a.ctypes.data if a is not None else NULL
+
+
+cdef inline double _loss_row(int loss, const floating *h, const int64_t *labels,
+                            const floating *target, floating *dlogits, Py_ssize_t c,
+                            Py_ssize_t i, double scale) noexcept nogil:
+    """Row i's loss (unscaled) and its gradient row (scaled) for the step's loss kind."""
+    if loss == SOFTMAX_XENT:
+        return softmax_xent_row(h + i * c, dlogits + i * c, c, labels[i], scale)
+    if loss == HINGE:
+        return svm_row(h + i * c, dlogits + i * c, c, labels[i], scale)
+    return mse_row(h + i * c, target + i * c, dlogits + i * c, c, <floating>(2 * scale))
+
+
+cdef void _descend(floating *w, const floating *v, Py_ssize_t size, floating step,
+                   int n_threads) noexcept nogil:
+    """w -= step * v."""
+    cdef Py_ssize_t k
+    if n_threads > 1:
+        for k in prange(size, schedule="static", num_threads=n_threads):
+            w[k] = w[k] - step * v[k]
+    else:
+        for k in range(size):
+            w[k] = w[k] - step * v[k]
+
+
+cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n, const floating *x,
+                  const int64_t *labels, const floating *target, int loss, floating *dlogits,
+                  double *row_loss, double lr, double momentum, int update, const double *hyper,
+                  int n_threads, Py_ssize_t min_parallel) noexcept nogil:
+    """Forward, loss, backward and the update; returns the mean loss.
+
+    SGD (momentum) folds into the weight-gradient GEMM (w_target is w or the velocity); Adam
+    and RMSProp get their gradients in w_target / b_target (scale 1, beta 0, as the
+    kernel-by-kernel path) and run _optim's sweeps on them, layer by layer (each layer's
+    weights are read by nothing after its own dx GEMM).  hyper: Adam (step_size, beta1, beta2,
+    inv_sqrt_bc2, eps, weight_decay), RMSProp (alpha, eps, weight_decay)."""
+    cdef Layer *L
+    cdef const floating *h = x
+    cdef floating *d
+    cdef Py_ssize_t i, c
+    cdef int l, nt
+    cdef double total = 0, loss_scale
+    cdef floating scale = 1, beta = momentum, step = <floating>lr
+    cdef Py_ssize_t size
+    if update != UPDATE_SGD:
+        beta = 0                         # plain gradients, then _optim's sweep
+    elif momentum == 0:
+        scale, beta = <floating>-lr, 1   # the update itself happens inside the GEMM
+    for l in range(n_layers):
+        L = &layers[l]
+        gemm_rm(False, False, <int>n, <int>L.d_out, <int>L.d_in, 1.0, h, <int>L.d_in,
+                <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.out, <int>L.d_out)
+        _epilogue(<floating *>L.out, <floating *>L.b, <floating *>L.pre, n, L.d_out, L.act,
+                  <floating>L.alpha, n_threads if n * L.d_out >= min_parallel else 1)
+        h = <floating *>L.out
+    c = layers[n_layers - 1].d_out
+    nt = n_threads if n * c >= min_parallel else 1
+    loss_scale = 1.0 / n if loss != SQUARED else 1.0 / (n * c)
+    if nt > 1:
+        for i in prange(n, schedule="static", num_threads=nt):
+            row_loss[i] = _loss_row(loss, h, labels, target, dlogits, c, i, loss_scale)
+    else:
+        for i in range(n):
+            row_loss[i] = _loss_row(loss, h, labels, target, dlogits, c, i, loss_scale)
+    for i in range(n):  # in row order: the same total for any thread count
+        total += row_loss[i]
+    d = dlogits
+    for l in range(n_layers - 1, -1, -1):
+        L = &layers[l]
+        h = x if l == 0 else <floating *>layers[l - 1].out
+        nt = n_threads if n * L.d_out >= min_parallel else 1
+        _backward(d, <floating *>L.pre if L.pre != NULL else <floating *>L.out, d,
+                  <floating *>L.b_target, n, L.d_out, L.act, <floating>L.alpha, scale, beta, nt)
+        if l > 0:  # dx from the old weights, before the GEMM below may update them
+            gemm_rm(False, True, <int>n, <int>L.d_in, <int>L.d_out, 1.0, d, <int>L.d_out,
+                    <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.dx, <int>L.d_in)
+        gemm_rm(True, False, <int>L.d_in, <int>L.d_out, <int>n, scale, h, <int>L.d_in, d,
+                <int>L.d_out, beta, <floating *>L.w_target, <int>L.d_out)
+        size = L.d_in * L.d_out
+        if update == UPDATE_ADAM:
+            _adam(<floating *>L.w, <floating *>L.w_target, <floating *>L.w_state1,
+                  <floating *>L.w_state2, size, hyper[0], hyper[1], hyper[2], hyper[3],
+                  hyper[4], hyper[5], n_threads if size >= min_parallel else 1)
+            if L.b != NULL:
+                _adam(<floating *>L.b, <floating *>L.b_target, <floating *>L.b_state1,
+                      <floating *>L.b_state2, L.d_out, hyper[0], hyper[1], hyper[2], hyper[3],
+                      hyper[4], hyper[5], n_threads if L.d_out >= min_parallel else 1)
+        elif update == UPDATE_RMSPROP:
+            _rmsprop(<floating *>L.w, <floating *>L.w_target, <floating *>L.w_state1, size, lr,
+                     hyper[0], hyper[1], hyper[2], n_threads if size >= min_parallel else 1)
+            if L.b != NULL:
+                _rmsprop(<floating *>L.b, <floating *>L.b_target, <floating *>L.b_state1,
+                         L.d_out, lr, hyper[0], hyper[1], hyper[2],
+                         n_threads if L.d_out >= min_parallel else 1)
+        elif momentum != 0:  # w -= lr * velocity, for the weights and the bias
+            _descend(<floating *>L.w, <floating *>L.w_target, size, step,
+                     n_threads if size >= min_parallel else 1)
+            if L.b != NULL:
+                _descend(<floating *>L.b, <floating *>L.b_target, L.d_out, step, 1)
+        d = <floating *>L.dx
+    return total * loss_scale
+
+
+cdef class FusedStep:
+    """A compiled training step (SGD / momentum, Adam, RMSProp) for one chain of Linear
+    (+ activation) layers.
+
+    Built by fastbp._planner once per (plan, batch size, loss, velocity arrays), which checks
+    every array (C-contiguous, one float dtype, consistent shapes); FusedStep keeps them alive.
+    :meth:`run` checks the batch and the arrays it writes, then runs forward, loss, backward
+    and the update in one nogil call.  Parameters are updated in place: the weight-gradient
+    GEMM writes ``W := W - lr * xᵀ·dz`` directly (momentum 0) or the velocity
+    ``v := xᵀ·dz + mu * v`` followed by ``W -= lr * v``.
+
+    Parameters
+    ----------
+    layers : sequence of fastbp._planner.StepLayer
+        First layer first: ``W, b, W_target, b_target, out, pre, dx`` (arrays or None) and the
+        activation's code and alpha.
+    loss : int
+        The loss code (``LOSS_KINDS``).
+    dlogits : ndarray (n, n_out), row_loss : float64 ndarray (n,)
+        Work buffers.
+    written : sequence of (str, ndarray)
+        Every parameter and velocity the step writes, with the name an error should give.
+    """
+
+    cdef Layer *layers
+    cdef int n_layers, loss, is_double, update
+    cdef Py_ssize_t n, n_in, n_out
+    cdef void *dlogits
+    cdef double *row_loss
+    cdef readonly object arrays  # everything the pointers point into
+    cdef readonly tuple written
+
+    def __cinit__(self, layers, int loss, dlogits, row_loss, written, int update=UPDATE_SGD):
+        self.n_layers = len(layers)
+        self.layers = <Layer *>calloc(self.n_layers, sizeof(Layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        if loss not in (SOFTMAX_XENT, HINGE, SQUARED):
+            raise ValueError(f"FusedStep: unknown loss code {loss}")
+        self.loss = loss
+        if update not in (UPDATE_SGD, UPDATE_ADAM, UPDATE_RMSPROP):
+            raise ValueError(f"FusedStep: unknown update code {update}")
+        self.update = update
+        self.is_double = dlogits.dtype.itemsize == 8
+        self.n = dlogits.shape[0]
+        self.n_in = layers[0].W.shape[0]
+        self.n_out = dlogits.shape[1]
+        self.dlogits = _address(dlogits)
+        self.row_loss = <double *>_address(row_loss)
+        self.arrays = (tuple(layers), dlogits, row_loss)
+        self.written = tuple(written)
+        for l, L in enumerate(layers):
+            ws, bs = tuple(L.W_state) + (None, None), tuple(L.b_state) + (None, None)
+            self.layers[l] = Layer(L.W.shape[0], L.W.shape[1], L.act_code, L.alpha,
+                                   _address(L.W), _address(L.b), _address(L.W_target),
+                                   _address(L.b_target), _address(L.out), _address(L.pre),
+                                   _address(L.dx), _address(ws[0]), _address(ws[1]),
+                                   _address(bs[0]), _address(bs[1]))
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def run(self, x, labels, target, double lr, double momentum, int n_threads,
+            Py_ssize_t min_parallel, tuple hyper=()):
+        """One step on batch x (n, n_in) with int64 labels (n,) or a target (n, n_out) for MSE;
+        x, labels and target must be C-contiguous and of the plan's dtype (the caller checks).
+        Labels outside [0, n_out) and parameters or velocities that are no longer writeable,
+        C-contiguous arrays of the step's dtype raise ValueError before anything is written.
+        `hyper`: Adam (beta1, beta2, eps, weight_decay, t), RMSProp (alpha, eps, weight_decay);
+        unused for SGD.  Returns the mean loss before the update."""
+        cdef const int64_t[::1] y
+        cdef const int64_t *py = NULL
+        cdef Py_ssize_t i
+        cdef double result
+        cdef int typenum = cnp.NPY_FLOAT64 if self.is_double else cnp.NPY_FLOAT32
+        if x.shape[0] != self.n or x.shape[1] != self.n_in:
+            raise ValueError(f"FusedStep.run: x has shape {x.shape}, the plan expects "
+                             f"({self.n}, {self.n_in})")
+        for name, a in self.written:
+            check_array(a, "train_step", name, typenum, True)
+        if self.loss != SQUARED:
+            y = labels
+            if y.shape[0] != self.n:
+                raise ValueError(f"FusedStep.run: {y.shape[0]} labels for {self.n} samples")
+            py = &y[0]
+            for i in range(self.n):
+                if py[i] < 0 or py[i] >= self.n_out:
+                    raise ValueError(f"y must lie in [0, {self.n_out}), found label {py[i]}")
+        elif target.shape != (self.n, self.n_out):
+            raise ValueError(f"target must have shape {(self.n, self.n_out)}, got {target.shape}")
+        cdef double h[6]
+        if self.update == UPDATE_ADAM:  # bias corrections as adam_step computes them
+            b1, b2, eps, wd, t = hyper
+            h[0] = lr / (1.0 - pow(b1, <double>t))
+            h[1], h[2] = b1, b2
+            h[3] = 1.0 / sqrt(1.0 - pow(b2, <double>t))
+            h[4], h[5] = eps, wd
+        elif self.update == UPDATE_RMSPROP:
+            h[0], h[1], h[2] = hyper
+        cdef void *px = _address(x)
+        cdef void *pt = _address(target) if self.loss == SQUARED else NULL
+        with nogil:
+            if self.is_double:
+                result = _step(<double>0, self.layers, self.n_layers, self.n, <double *>px, py,
+                               <double *>pt, self.loss, <double *>self.dlogits, self.row_loss,
+                               lr, momentum, self.update, h, n_threads, min_parallel)
+            else:
+                result = _step(<float>0, self.layers, self.n_layers, self.n, <float *>px, py,
+                               <float *>pt, self.loss, <float *>self.dlogits, self.row_loss,
+                               lr, momentum, self.update, h, n_threads, min_parallel)
+        return result
