@@ -13,8 +13,7 @@ b. Who allocates: nobody.  The caller passes every output (the gradient buffer, 
    ValueError before any row is touched (the public layer validates them already; this
    O(N) pass is what keeps a bad label from ever indexing outside a row).
 c. Threads: ``prange`` over blocks of ROWS rows, ``schedule="static"``.  A row is handled by one
-   thread with
-   straight-line code whose result does not depend on the thread or the schedule, so
+   thread with straight-line code whose result does not depend on the thread or the schedule, so
    ``row_loss`` is bitwise the same for any ``n_threads``; the returned total is summed
    serially in row order *after* the parallel loop (an OpenMP reduction would combine partial
    sums in an order that depends on the thread count).  Hence: bitwise identical results run
