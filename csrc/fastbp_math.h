@@ -297,17 +297,9 @@ static inline double fastbp_log(double x)
     double f = m - 1.0;
     double s = f / (2.0 + f);
     double z = s * s;
-    double r = 2.0 / 21.0;
-    r = r * z + 2.0 / 19.0;
-    r = r * z + 2.0 / 17.0;
-    r = r * z + 2.0 / 15.0;
-    r = r * z + 2.0 / 13.0;
-    r = r * z + 2.0 / 11.0;
-    r = r * z + 2.0 / 9.0;
-    r = r * z + 2.0 / 7.0;
-    r = r * z + 2.0 / 5.0;
-    r = r * z + 2.0 / 3.0;
-    r = r * z;
+    double r = 0.0; /* R(z) by Horner; the fixed-count loop is unrolled and folded at -O2+ */
+    for (int i = 10; i >= 1; i--)
+        r = (r + 2.0 / (2 * i + 1)) * z;
     double hfsq = 0.5 * f * f; /* s*f = hfsq - s*hfsq, so f - s*f + s*r = f - (hfsq - s*(hfsq + r)) */
     double y = dk * ln2_hi - ((hfsq - (s * (hfsq + r) + dk * ln2_lo)) - f);
     y = x == 0.0 ? -(double)INFINITY : y;
