@@ -194,7 +194,7 @@ def _numpy_route():
     if path is None:
         raise LookupError(why_not)
     # RTLD_NOLOAD: the instance NumPy loaded, or nothing; never a second copy
-    lib = ctypes.CDLL(path, mode=os.RTLD_NOW | getattr(os, "RTLD_NOLOAD", 0))
+    lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_NOLOAD", 0))
     for prefix, suffix in OPENBLAS_AFFIXES:
         s = _address(lib, f"{prefix}sgemm_{suffix}")
         d = _address(lib, f"{prefix}dgemm_{suffix}")
