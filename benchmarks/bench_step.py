@@ -1,42 +1,46 @@
 """Whole-step speed: one SGD-momentum training step per implementation (see fastbp.bench).
 
-Groups are (sizes, batch, dtype); rows are fastbp (fused), fastbp-unfused, the NumPy reference
-backend, a course-style NumPy step, PyTorch eager, scikit-learn partial_fit and the GEMMs-only
-floor, all on the same thread count.  Thread scaling: ``bench_step_threads`` times the fused
-step on 1..all threads.
+Each implementation runs in its OWN process, as users run them (``fastbp.bench.compare``: one
+fresh process per implementation and round, rounds alternating, medians over rounds), so the
+figures are in each test's ``extra_info`` (``--benchmark-json``) and printed with ``-s``; the
+pytest-benchmark time of a test is the whole comparison's wall time, not a step.  Rows: fastbp
+(fused), fastbp-unfused, a course-style NumPy step, PyTorch eager, scikit-learn partial_fit,
+the GEMMs-only and floor rows, and the mixed-process rows (a fastbp step after a NumPy matmul
+and the reverse).  Thread scaling (``bench_step_threads``) times fastbp alone in this process.
 
-    pytest benchmarks/bench_step.py --benchmark-only --benchmark-group-by=group \\
-        --benchmark-columns=median,iqr,rounds
+    pytest benchmarks/bench_step.py --benchmark-only -s --benchmark-json=step.json
+
+The README table comes from ``fastbp bench --markdown`` (the same code).
 """
 
 import numpy as np
 import pytest
-from benchutil import shape
+from benchutil import TINY, shape
 
 import fastbp
 from fastbp import bench
 
-CASES = [(sizes, batch) for sizes, batches in bench.STEP_SHAPES for batch in batches]
+#: Under FASTBP_BENCH_TINY=1 (the suite's smoke run): few rows, one short round.
+IMPLEMENTATIONS = ("fastbp", "course-numpy", "floor") if TINY else (
+    "fastbp", "fastbp-unfused", "course-numpy", "torch", "sklearn", "gemms-only", "floor")
+ROUNDS, MIN_TIME = (1, 0.001) if TINY else (5, 0.5)
 
 
 def _case(sizes, batch):
     return tuple(shape(*sizes)), shape(batch)[0]
 
 
-@pytest.mark.parametrize("implementation", list(bench.IMPLEMENTATIONS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("sizes,batch", CASES, ids=[f"{'-'.join(map(str, s))}@{b}" for s, b in CASES])
-def bench_step(benchmark, sizes, batch, dtype, implementation):
-    sizes, batch = _case(sizes, batch)
-    benchmark.group = f"step {'-'.join(map(str, sizes))} batch {batch} {np.dtype(dtype).name}"
-    bench.set_threads(fastbp.get_num_threads() if fastbp.get_num_threads() else None)
-    x, y, weights = bench.make_problem(sizes, batch, dtype)
-    try:
-        step = bench.IMPLEMENTATIONS[implementation](sizes, x, y, weights)
-    except bench.Unavailable as e:
-        pytest.skip(str(e))
-    benchmark.extra_info["gflops_per_step"] = bench.step_flops(sizes, batch) / 1e9
-    benchmark(step)
+def bench_step(benchmark, dtype):
+    shapes = [(tuple(shape(*sizes)), tuple(dict.fromkeys(shape(*batches))))
+              for sizes, batches in bench.STEP_SHAPES]
+    benchmark.group = f"step, each implementation in its own process, {np.dtype(dtype).name}"
+    rows = benchmark.pedantic(bench.compare, args=(shapes, IMPLEMENTATIONS, dtype),
+                              kwargs=dict(min_time=MIN_TIME, rounds=ROUNDS), rounds=1,
+                              iterations=1)
+    assert {r["implementation"] for r in rows if r["kind"] == "step"} >= {"fastbp", "floor"}
+    benchmark.extra_info["rows"] = rows
+    print("\n" + bench.format_table(rows))
 
 
 @pytest.mark.parametrize("threads", sorted({1, 2, 4, 8, 16, fastbp._config.USABLE_CORES}))

@@ -261,6 +261,54 @@ static inline float fastbp_ndtrf(float x)
 }
 
 /*
+ * ---- log (added for the softmax cross-entropy's per-row log, fastbp/_kernels/_loss_math.pxd) --
+ *
+ * libm's log() is an opaque call, ~20 ns per row of a C = 10 softmax: a loop over it never
+ * vectorises.  fastbp_log splits x = 2^k * m with m in [sqrt(1/2), sqrt(2)) by integer moves on
+ * the bits (subnormal x is first scaled by 2^54), then log(m) = log(1 + f), f = m - 1 (exact),
+ * through s = f / (2 + f): log(1 + f) = 2 atanh(s) = f - s*f + s*R(s^2), R(z) = sum_{i=1..10}
+ * 2/(2i+1) z^i (|s| <= 0.1716, so z <= 0.0295 and the first omitted term is below 3e-17
+ * relative).  The leading f is exact and only the small correction carries rounding (the
+ * arrangement of 4.3BSD / fdlibm's log), then k*ln2 is added in two parts.  Measured against
+ * long double logl on 2e7 inputs (random bit patterns over the positive finite range, and
+ * uniform on [1, 1000]): max error 0.77 ulp.
+ * Special values: log(+-0) = -inf, log(x < 0) = NaN, log(+inf) = +inf, NaN propagates.
+ */
+static inline double fastbp_log(double x)
+{
+    const double ln2_hi = 6.93147180369123816490e-01;
+    const double ln2_lo = 1.90821492927058770002e-10;
+    const double two54 = 18014398509481984.0;
+    int tiny = x < 2.2250738585072014e-308;
+    double xs = tiny ? x * two54 : x;
+    uint64_t bits;
+    memcpy(&bits, &xs, sizeof bits);
+    /* k = floor(log2(x / sqrt(1/2))): subtracting sqrt(1/2)'s bits moves m into [sqrt(1/2),
+       sqrt 2); the bias 1024 keeps every step unsigned (logical shifts, no int64 -> double
+       conversion: both vectorise on SSE2/AVX2), and k becomes a double by the 2^52 trick */
+    uint64_t kb = (bits - 0x3fe6a09e667f3bcdULL + (1024ULL << 52)) >> 52; /* k + 1024 */
+    uint64_t mbits = bits - (kb << 52) + (1024ULL << 52);
+    double m;
+    memcpy(&m, &mbits, sizeof m);
+    uint64_t kbits = kb | 0x4330000000000000ULL; /* 2^52 + k + 1024 */
+    double dk;
+    memcpy(&dk, &kbits, sizeof dk);
+    dk = dk - (4503599627370496.0 + 1024.0) - (tiny ? 54.0 : 0.0);
+    double f = m - 1.0;
+    double s = f / (2.0 + f);
+    double z = s * s;
+    double r = 0.0; /* R(z) by Horner; the fixed-count loop is unrolled and folded at -O2+ */
+    for (int i = 10; i >= 1; i--)
+        r = (r + 2.0 / (2 * i + 1)) * z;
+    double hfsq = 0.5 * f * f; /* s*f = hfsq - s*hfsq, so f - s*f + s*r = f - (hfsq - s*(hfsq + r)) */
+    double y = dk * ln2_hi - ((hfsq - (s * (hfsq + r) + dk * ln2_lo)) - f);
+    y = x == 0.0 ? -(double)INFINITY : y;
+    y = x < 0.0 ? (double)NAN : y;
+    y = x == (double)INFINITY ? x : y;
+    return x != x ? x : y;
+}
+
+/*
  * ---- Runtime ISA dispatch for elementwise loops ----------------------------------------------
  *
  * The build targets the baseline x86-64 ISA (SSE2: 4 floats per vector) and must not use

@@ -12,6 +12,9 @@ Policy (DESIGN.md §6):
   user set it) before the kernels load, so OpenMP workers sleep between regions instead of
   spinning while BLAS's threads run a GEMM (a spinning pool made a step 100x slower on a busy
   2-core machine).  ``config()`` reports the policy in force.
+* One BLAS in the process: fastbp's GEMMs go through the OpenBLAS NumPy loaded, else SciPy's
+  (``FASTBP_BLAS`` forces one; fastbp/_kernels/_blas.pyx).  ``config()`` names the route in
+  force and why, and lists every BLAS library loaded in the process.
 """
 
 import os
@@ -105,6 +108,15 @@ def _blas_info():
     ]
 
 
+def _blas_route():
+    from ._kernels._blas import route
+
+    r = route()
+    width = "64-bit ints" if r["ilp64"] else "32-bit ints"
+    return (f"{r['route']}: {os.path.basename(r['library'])} ({r['sgemm']}/{r['dgemm']}, "
+            f"{width}); {r['reason']}")
+
+
 def config():
     """The configuration as a dict (what :func:`show_config` prints)."""
     from . import __version__
@@ -124,12 +136,13 @@ def config():
         "threads": get_num_threads(),
         "usable cores": USABLE_CORES,
         "backend": get_backend(),
+        "blas route": _blas_route(),
         "blas": _blas_info(),
     }
 
 
 def show_config(file=None):
-    """Print version, build (OpenMP), threads, backend and the BLAS libraries in use.
+    """Print version, build (OpenMP), threads, backend, the BLAS route and the BLAS libraries.
 
     Parameters
     ----------

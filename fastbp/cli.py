@@ -473,6 +473,8 @@ def _add_bench_arguments(p):
     p.add_argument("--plot", metavar="FILE", help="bar chart of the speedups (needs matplotlib)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="threads for every implementation (default: all usable cores)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the README Performance tables (Markdown) instead of plain text")
 
 
 def _implementations(known):
@@ -501,17 +503,18 @@ def _run_bench(args):
     shapes = QUICK_SHAPES if args.quick else bench.STEP_SHAPES
     min_time = args.min_time or (0.1 if args.quick else 1.0)
     config = _config.config()
-    print(f"fastbp {__version__} bench: one SGD-momentum step per row, {args.dtype}; "
-          f"implementations interleaved over {args.rounds} rounds, >= {min_time:g} s per row; "
-          f"medians", flush=True)
+    print(f"fastbp {__version__} bench: one SGD-momentum step per row, {args.dtype}; each "
+          f"implementation in its own process, alternating over {args.rounds} rounds, "
+          f">= {min_time:g} s per row; medians", flush=True)
     print(f"machine: {config['platform']}, {config['usable cores']} usable cores; "
-          f"BLAS: {'; '.join(config['blas']) or 'unknown'}", flush=True)
+          f"BLAS route: {config['blas route']}", flush=True)
     rows = bench.compare(shapes, args.only, np.dtype(args.dtype), args.threads, min_time,
                          args.rounds)
     print(f"threads: {rows[0]['threads'] if rows else '?'} for every implementation")
-    print(bench.format_table(rows))
+    print(bench.format_markdown(rows) if args.markdown else bench.format_table(rows))
     print("vs numpy / vs torch: speedup over the course-style NumPy step / PyTorch eager "
-          "(higher is better); / gemms: step time over its GEMMs alone (1.00 is the floor)")
+          "(higher is better); / gemms, / floor: step time over its GEMMs alone, over its GEMMs "
+          "plus the update's memory pass (1.00 is the floor); slowdown: after / alone")
     if args.json:
         import json
 

@@ -37,7 +37,8 @@ def _loss_value(result):
     return float(result.loss_) if hasattr(result, "loss_") else float(result)
 
 
-@pytest.mark.parametrize("name", [n for n in bench.IMPLEMENTATIONS if n != "gemms-only"])
+@pytest.mark.parametrize("name", [n for n in bench.IMPLEMENTATIONS
+                                  if n not in ("gemms-only", "floor")])
 def test_every_step_implementation_trains(name):
     """Each competitor's step lowers the loss of a fixed batch: it really is a training step,
     and all start from the same loss (same weights, same data)."""
@@ -57,6 +58,53 @@ def test_gemms_only_step_runs():
     sizes = (6, 8, 3)
     x, y, weights = bench.make_problem(sizes, 4, np.float32)
     assert bench.gemms_only_step(sizes, x, y, weights)() is None
+
+
+def test_floor_step_does_the_steps_gemms_and_one_update_pass():
+    """The floor's last pass is W := W - lr * v, with v from the velocity GEMM (beta = mu)."""
+    sizes = (5, 4, 3)
+    x, y, weights = bench.make_problem(sizes, 6, np.float64)
+    step = bench.floor_step(sizes, x, y, weights)
+    assert step() is None
+    v = x.T @ np.full((6, 4), 1e-3)  # the first layer's velocity after one step from v = 0
+    np.testing.assert_allclose(step.weights[0], weights[0][0] - bench.LR * v, rtol=1e-12)
+    step()  # v := x^T g + mu v
+    np.testing.assert_allclose(step.weights[0],
+                               weights[0][0] - bench.LR * v - bench.LR * (1 + bench.MOMENTUM) * v,
+                               rtol=1e-12)
+
+
+def test_run_worker_times_every_shape_and_the_mixed_rows():
+    spec = dict(implementation="fastbp", shapes=[[[6, 5, 3], 4], [[4, 3], 2]], dtype="float32",
+                threads=1, min_time=0.001, mixed=True)
+    results = bench.run_worker(spec)
+    assert len(results) == 2
+    for r in results:
+        assert r["median_s"] > 0
+        assert set(r["mixed"]) == {"matmul_s", "step_after_matmul_s", "matmul_after_step_s"}
+        assert all(t > 0 for t in r["mixed"].values())
+
+
+def test_compare_runs_each_implementation_in_its_own_process_and_formats_tables(monkeypatch):
+    spawned = []
+    real = bench._spawn_worker
+    monkeypatch.setattr(bench, "_spawn_worker", lambda spec: spawned.append(spec) or real(spec))
+    rows = bench.compare([((6, 5, 3), (4,))], ("fastbp", "course-numpy", "floor"),
+                         np.float32, threads=1, min_time=0.003, rounds=3)
+    assert [s["implementation"] for s in spawned] == [
+        "fastbp", "course-numpy", "floor", "course-numpy", "floor", "fastbp",
+        "floor", "fastbp", "course-numpy"]  # rounds alternate, the order rotates
+    assert [s["mixed"] for s in spawned[:3]] == [True, False, False]
+    steps = {r["implementation"]: r for r in rows if r["kind"] == "step"}
+    assert set(steps) == {"fastbp", "course-numpy", "floor"}
+    assert steps["floor"]["speedup_vs_floor"] == 1.0 and steps["fastbp"]["rounds"] == 3
+    mixed = {r["implementation"]: r for r in rows if r["kind"] == "mixed"}
+    assert set(mixed) == {"fastbp-after-matmul", "matmul-after-fastbp"}
+    assert mixed["fastbp-after-matmul"]["alone_s"] == steps["fastbp"]["median_s"]
+    table, markdown = bench.format_table(rows), bench.format_markdown(rows)
+    assert "/ floor" in table and "mixed process" in table
+    assert markdown.splitlines()[0].startswith("| network, batch | fastbp ms/step |")
+    assert "| 6-5-3, 4 | " in markdown and "after a 256² np.matmul" in markdown
 
 
 def test_step_flops():

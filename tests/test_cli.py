@@ -357,7 +357,13 @@ def test_bench_quick_prints_the_comparison_and_writes_json(tmp_path):
     lines = proc.stdout.splitlines()
     assert any(line.startswith("implementation") and "vs numpy" in line for line in lines)
     rows = json.loads(out.read_text())["rows"]
+    mixed = [r for r in rows if r["kind"] == "mixed"]
+    rows = [r for r in rows if r["kind"] == "step"]
     assert {r["implementation"] for r in rows} == {"fastbp", "course-numpy", "gemms-only"}
+    assert sorted((r["implementation"], r["sizes"]) for r in mixed) == sorted(
+        (name, sizes) for name in ("fastbp-after-matmul", "matmul-after-fastbp")
+        for sizes in ("8-8-8-10", "784-100-10"))
+    assert all(r["slowdown"] > 0 and r["alone_s"] > 0 for r in mixed)
     assert {(r["sizes"], r["batch"]) for r in rows} == {("8-8-8-10", 8), ("784-100-10", 64)}
     for r in rows:
         assert r["median_s"] > 0 and r["threads"] == 1 and r["rounds"] == 5
@@ -373,7 +379,7 @@ def test_bench_plot(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "bench.png"
     proc = fastbp_cli("bench", "--quick", "--only", "fastbp,course-numpy", "--min-time", "0.01",
-                      "--plot", out)
+                      "--rounds", "2", "--plot", out)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,5 @@
-"""fastbp._kernels._linear (and _blas) against fastbp.reference (the affine layers: test_layers.py)."""
+"""fastbp._kernels._linear against fastbp.reference (the affine layers: test_layers.py; gemm:
+test_blas.py)."""
 
 import threading
 
@@ -17,41 +18,6 @@ def _data(rng, n, d, m, dtype):
         rng.standard_normal((d, m)).astype(dtype),
         rng.standard_normal(m).astype(dtype),
     )
-
-
-@pytest.mark.parametrize("ta", [False, True])
-@pytest.mark.parametrize("tb", [False, True])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("beta", [0.0, 1.0, -0.5])
-def test_gemm_matches_reference(rng, ta, tb, dtype, beta):
-    m, k, n = 7, 33, 5
-    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
-    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
-    c = rng.standard_normal((m, n)).astype(dtype)
-    expected = c.copy()
-    reference.gemm(ta, tb, 0.75, a, b, beta, expected)
-    _kernels.gemm(ta, tb, 0.75, a, b, beta, c)
-    assert_close(c, expected, dtype, scale=10)
-
-
-def test_gemm_beta_zero_ignores_nan_in_c(rng):
-    a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
-    c = np.full((3, 2), np.nan)
-    _kernels.gemm(False, False, 1.0, a, b, 0.0, c)
-    assert_close(c, a @ b, np.float64)
-
-
-def test_gemm_empty_inner_dimension_scales_c():
-    c = np.ones((2, 3))
-    _kernels.gemm(False, False, 1.0, np.empty((2, 0)), np.empty((0, 3)), 2.0, c)
-    np.testing.assert_array_equal(c, 2.0)
-
-
-def test_gemm_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="gemm"):
-        _kernels.gemm(False, False, 1.0, np.ones((2, 3)), np.ones((4, 2)), 0.0, np.ones((2, 2)))
-    with pytest.raises(ValueError, match="c"):
-        _kernels.gemm(False, False, 1.0, np.ones((2, 3)), np.ones((3, 2)), 0.0, np.ones((3, 2)))
 
 
 @pytest.mark.parametrize("n,d,m", SHAPES)

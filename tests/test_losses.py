@@ -68,6 +68,19 @@ def test_matches_reference_bitwise_across_threads(name, dtype, n, c, rng):
         assert loss_only.hex() == loss.hex() and _same_bits(rl_only, row_loss)
 
 
+@pytest.mark.parametrize("n", (31, 32, 33, 100))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_rows_batched_in_blocks_equal_rows_one_at_a_time(name, dtype, n, rng):
+    """The softmax runs its exps and logs over blocks of rows: every row's loss and gradient is
+    bitwise what a one-row call gives, wherever the row falls in a block."""
+    x, second = _inputs(name, n, 10, dtype, rng)
+    loss, g, row_loss = _run(_losses, name, x, second)
+    for i in range(n):
+        _, g_i, rl_i = _run(_losses, name, x[i:i + 1], second[i:i + 1])
+        assert _same_bits(rl_i, row_loss[i:i + 1]) and _same_bits(g_i, g[i:i + 1])
+
+
 @pytest.mark.parametrize("c", (1, 7, 512, 513, 1029, 2003))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", NAMES)

@@ -129,6 +129,10 @@ def _fastbp_imports(module):
     ("fastbp.training", ("fastbp.cli",)),
     ("fastbp.plot", ("fastbp",)),
     ("fastbp.reference.fused", ("fastbp._kernels",)),
+    ("fastbp.optim", ("fastbp.autograd", "fastbp.nn", "fastbp.layers")),
+    ("fastbp.autograd.functions", ("fastbp.nn", "fastbp.models", "fastbp.cli", "fastbp.layers")),
+    ("fastbp.sklearn", ("fastbp.cli", "fastbp.distributed")),
+    ("fastbp.distributed", ("fastbp.cli", "fastbp.sklearn")),
 ])
 def test_imports_flow_one_way(module, forbidden):
     bad = sorted(n for n in _fastbp_imports(module) for f in forbidden

@@ -1,15 +1,19 @@
 # Per-row loss math, shared by the loss kernels (_losses.pyx) and the compiled training step
 # (_fused.pyx): one thread, one row, no allocation, no branches inside the element loops.  The
-# numerics (max shift, one exp per element, LANES fixed-order double sums) are explained in the
-# design block of _losses.pyx.
+# numerics (max shift, one exp per element, LANES fixed-order double sums, the vectorisable log
+# and the ROWS-row blocks of the softmax) are explained in the design block of _losses.pyx.
 from cython cimport floating
-from libc.math cimport log
+from libc.stdint cimport int64_t
 
 from ._math cimport cloned_void, vexp
+
+cdef extern from "fastbp_math.h" nogil:
+    double fastbp_log(double x)
 
 cdef enum:
     LANES = 8    # independent partial sums per row (element j -> lane j % LANES)
     BLOCK = 512  # stack scratch per row call on the loss-only paths; a multiple of LANES
+    ROWS = 32    # rows per softmax_xent_rows call: their logs are taken in one vectorised pass
 
 cdef enum RowOp:
     EXP_SHIFTED  # out[j] = exp(x[j] - c)
@@ -88,24 +92,92 @@ cdef inline double _fill_sum(RowOp op, const floating *x, Py_ssize_t n, floating
     return _lane_total(acc)
 
 
-cdef inline double softmax_xent_row(const floating *z, floating *d, Py_ssize_t n, Py_ssize_t y,
-                                     double scale) noexcept nogil:
-    """log Σ_j exp(z_j) - z_y; with d (not NULL): d := (softmax(z) - onehot(y))·scale."""
+cdef inline cloned_void _exp_inplace(floating *x, Py_ssize_t n) noexcept nogil:
+    """x[k] := exp(x[k]); cloned per ISA: one call covers a whole block of softmax rows."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        x[k] = vexp(x[k])
+
+
+cdef inline double _loss_only_sum(const floating *z, Py_ssize_t n, Py_ssize_t y,
+                                  double *neg_shift) noexcept nogil:
+    """Σ_j exp(z_j - max) (BLOCK scratch, nothing written); *neg_shift := -(z_y - max)."""
     cdef floating scratch[BLOCK]
     cdef floating m = _row_max(z, n)
-    cdef floating inv
-    cdef double s, e_y
+    neg_shift[0] = -(z[y] - m)
+    return _fill_sum(EXP_SHIFTED, z, n, m, y, scratch, False)
+
+
+cdef inline void _shift_row(const floating *z, floating *d, Py_ssize_t n, Py_ssize_t y,
+                            double *neg_shift) noexcept nogil:
+    """d := z - max(z) (exp(d) comes next, in _exp_inplace); *neg_shift := -(z_y - max)."""
+    cdef floating m = _row_max(z, n)
     cdef Py_ssize_t j
-    if d == NULL:
-        return log(_fill_sum(EXP_SHIFTED, z, n, m, y, scratch, False)) - (z[y] - m)
-    s = _fill_sum(EXP_SHIFTED, z, n, m, y, d, True)
+    for j in range(n):
+        d[j] = z[j] - m
+    neg_shift[0] = -(z[y] - m)
+
+
+cdef inline double _softmax_grad_row(floating *d, Py_ssize_t n, Py_ssize_t y,
+                                     double scale) noexcept nogil:
+    """d holds exp(z - max) for one row: returns Σ_j d_j (lane order, as _fill_sum) and sets
+    d := (softmax(z) - onehot(y))·scale."""
+    cdef double acc[LANES]
+    cdef double s, e_y
+    cdef floating inv
+    cdef Py_ssize_t j
+    for j in range(LANES):
+        acc[j] = 0
+    _lane_add(acc, d, n)
+    s = _lane_total(acc)
     e_y = d[y]
     inv = <floating>(scale / s)
     for j in range(n):
         d[j] = d[j] * inv
     # p_y - 1 in double: the float product above would lose p_y - 1 when p_y is close to 1
     d[y] = <floating>((e_y / s - 1.0) * scale)
-    return log(s) - (z[y] - m)
+    return s
+
+
+cdef inline double softmax_xent_row(const floating *z, floating *d, Py_ssize_t n, Py_ssize_t y,
+                                     double scale) noexcept nogil:
+    """log Σ_j exp(z_j) - z_y; with d (not NULL): d := (softmax(z) - onehot(y))·scale."""
+    cdef double neg_shift, s
+    if d == NULL:
+        s = _loss_only_sum(z, n, y, &neg_shift)
+    else:
+        _shift_row(z, d, n, y, &neg_shift)
+        _exp_inplace(d, n)
+        s = _softmax_grad_row(d, n, y, scale)
+    return neg_shift + fastbp_log(s)
+
+
+cdef inline cloned_void _add_logs(const double *s, double *out, Py_ssize_t n) noexcept nogil:
+    """out[k] := out[k] + log(s[k]); cloned per ISA, so the logs of a block run as vectors."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        out[k] = out[k] + fastbp_log(s[k])
+
+
+cdef inline void softmax_xent_rows(const floating *z, floating *d, Py_ssize_t rows, Py_ssize_t n,
+                                   const int64_t *y, double scale,
+                                   double *row_loss) noexcept nogil:
+    """softmax_xent_row for `rows` (<= ROWS) consecutive rows of width n, bitwise the same
+    values: row_loss[i] := the loss of row i, d (or NULL) their gradient rows.  The rows' exps
+    run in one vectorised pass over the block (no per-row call and vector tail) and so do
+    their logs (no libm call per row)."""
+    cdef double s[ROWS]
+    cdef Py_ssize_t i
+    if d == NULL:
+        for i in range(rows):
+            s[i] = _loss_only_sum(z + i * n, n, y[i], row_loss + i)
+    else:
+        for i in range(rows):
+            _shift_row(z + i * n, d + i * n, n, y[i], row_loss + i)
+        _exp_inplace(d, rows * n)
+        for i in range(rows):
+            s[i] = _softmax_grad_row(d + i * n, n, y[i], scale)
+    _add_logs(s, row_loss, rows)
 
 
 cdef inline double svm_row(const floating *s, floating *d, Py_ssize_t n, Py_ssize_t y,
