@@ -47,6 +47,39 @@ def bench_activation_forward_backward(benchmark, impl, rng, name, dims):
     benchmark(step)
 
 
+@pytest.mark.parametrize("part", ["forward", "backward"])
+@pytest.mark.parametrize("dims", [shape(1024, 4096)], ids=str)
+def bench_sigmoid_kernel_preallocated(benchmark, impl, rng, part, dims):
+    """The sigmoid kernels alone, into preallocated outputs (no allocation, no page faults):
+    fastbp's compiled kernels (the NumPy reference for the numpy row) against torch.sigmoid(out=)
+    and aten.sigmoid_backward(grad_input=), which is what the fwd+bwd group above splits into."""
+    benchmark.group = f"sigmoid_{part} kernel, preallocated output {dims} float32"
+    x = rng.standard_normal(dims, dtype=np.float32).ravel()
+    dout = rng.standard_normal(dims, dtype=np.float32).ravel()
+    y, out = np.empty_like(x), np.empty_like(x)
+    if impl == "torch":
+        import torch
+
+        xt, dt, yt, ot = (torch.from_numpy(a) for a in (x, dout, y, out))
+        torch.sigmoid(xt, out=yt)
+        if part == "forward":
+            benchmark(lambda: torch.sigmoid(xt, out=ot))
+        else:
+            benchmark(lambda: torch.ops.aten.sigmoid_backward.grad_input(dt, yt, grad_input=ot))
+        return
+    import fastbp
+    from fastbp._kernels import _activations as compiled
+    from fastbp.reference import activations as reference
+
+    kernels, threads = ((reference, {}) if impl == "numpy"
+                        else (compiled, {"n_threads": fastbp.get_num_threads()}))
+    kernels.sigmoid_forward(x, y, **threads)
+    if part == "forward":
+        benchmark(kernels.sigmoid_forward, x, out, **threads)
+    else:
+        benchmark(kernels.sigmoid_backward, dout, y, out, **threads)
+
+
 @pytest.mark.parametrize("dims", SOFTMAX_SHAPES, ids=str)
 def bench_softmax_loss(benchmark, impl, rng, dims):
     benchmark.group = f"softmax_loss loss+grad {dims} float32"
