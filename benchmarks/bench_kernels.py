@@ -3,7 +3,8 @@
 Targets (issue "Compiled core"; float32, all threads, medians of the same run):
 softmax-CE loss + grad >= 4x the reference and >= 1.5x PyTorch; activation forward + backward
 >= 2x the reference and >= 1.0x PyTorch; affine_backward (512, 1024 -> 1024) within 10% of two
-bare np.matmul + sum(axis=0); an 8x8 relu_forward call <= 2x np.maximum(x, 0).
+bare np.matmul + sum(axis=0); an 8x8 relu_forward call <= 2x np.maximum(x, 0).  The sigmoid
+kernel group (preallocated outputs) splits the sigmoid fwd+bwd row into its two kernels.
 """
 
 import numpy as np
@@ -45,6 +46,39 @@ def bench_activation_forward_backward(benchmark, impl, rng, name, dims):
             return bwd(dout, cache)
 
     benchmark(step)
+
+
+@pytest.mark.parametrize("part", ["forward", "backward"])
+@pytest.mark.parametrize("dims", [shape(1024, 4096)], ids=str)
+def bench_sigmoid_kernel_preallocated(benchmark, impl, rng, part, dims):
+    """The sigmoid kernels alone, into preallocated outputs (no allocation, no page faults):
+    fastbp's compiled kernels (the NumPy reference for the numpy row) against torch.sigmoid(out=)
+    and aten.sigmoid_backward(grad_input=), which is what the fwd+bwd group above splits into."""
+    benchmark.group = f"sigmoid_{part} kernel, preallocated output {dims} float32"
+    x = rng.standard_normal(dims, dtype=np.float32).ravel()
+    dout = rng.standard_normal(dims, dtype=np.float32).ravel()
+    y, out = np.empty_like(x), np.empty_like(x)
+    if impl == "torch":
+        import torch
+
+        xt, dt, yt, ot = (torch.from_numpy(a) for a in (x, dout, y, out))
+        torch.sigmoid(xt, out=yt)
+        if part == "forward":
+            benchmark(lambda: torch.sigmoid(xt, out=ot))
+        else:
+            benchmark(lambda: torch.ops.aten.sigmoid_backward.grad_input(dt, yt, grad_input=ot))
+        return
+    import fastbp
+    from fastbp._kernels import _activations as compiled
+    from fastbp.reference import activations as reference
+
+    kernels, threads = ((reference, {}) if impl == "numpy"
+                        else (compiled, {"n_threads": fastbp.get_num_threads()}))
+    kernels.sigmoid_forward(x, y, **threads)
+    if part == "forward":
+        benchmark(kernels.sigmoid_forward, x, out, **threads)
+    else:
+        benchmark(kernels.sigmoid_backward, dout, y, out, **threads)
 
 
 @pytest.mark.parametrize("dims", SOFTMAX_SHAPES, ids=str)
