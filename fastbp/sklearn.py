@@ -190,15 +190,13 @@ class _RowLoss(nn._Loss):
         return self.value_factor(s.shape[1]) * float(rows @ scale)
 
 
-def _softmax_inplace(z):
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+def _expit_into(z, out):
+    return expit(z, out=out)
 
 
-def _expit_inplace(z):
-    return expit(z, out=z)
+def _copy_into(z, out):
+    np.copyto(out, z)
+    return out
 
 
 def _one(d):
@@ -216,15 +214,15 @@ def _logistic_loss():
 #: native: makes fastbp's own loss (exact values, unweighted; lets plain SGD take the one-call
 #: compiled step); rows: makes the per-row loss (scikit-learn's clipped values, sample
 #: weights); grad_scale(D): their gradient over scikit-learn's for D outputs; value_scale:
-#: their value times this is scikit-learn's loss; link: the output activation, in place
+#: their value times this is scikit-learn's loss; link(z, out): out := the output activation of z, in one pass
 _Output = namedtuple("_Output", "native rows grad_scale value_scale link")
 
 OUTPUTS = {
     "softmax": _Output(nn.SoftmaxCrossEntropy, lambda: _RowLoss(_softmax_rows, _one), _one,
-                       1.0, _softmax_inplace),
-    "logistic": _Output(_logistic_loss, _logistic_loss, _one, 1.0, _expit_inplace),
+                       1.0, nn._softmax_rows),
+    "logistic": _Output(_logistic_loss, _logistic_loss, _one, 1.0, _expit_into),
     "identity": _Output(nn.MSELoss, lambda: _RowLoss(_squared_rows, _per_output),
-                        lambda d: 2.0 / d, 0.5, lambda z: z),
+                        lambda d: 2.0 / d, 0.5, _copy_into),
 }
 
 
@@ -644,10 +642,14 @@ class _BaseMLP(BaseEstimator):
         float32, anything else float64)."""
         model = self._network()
         x = self._compute_array(X)
+        link = OUTPUTS[self.out_activation_].link
         out = np.empty((X.shape[0], self.n_outputs_), x.dtype)
         for start in range(0, X.shape[0], _PREDICT_ROWS):  # (gen_batches validates: ~1 ms)
-            out[start:start + _PREDICT_ROWS] = model.forward(x[start:start + _PREDICT_ROWS])
-        return OUTPUTS[self.out_activation_].link(out).astype(X.dtype, copy=False)
+            # the fused inference forward (one GEMM + epilogue per layer), then the output
+            # activation from its buffer straight into the result, while it is in cache
+            link(model.inference_forward(x[start:start + _PREDICT_ROWS]),
+                 out[start:start + _PREDICT_ROWS])
+        return out.astype(X.dtype, copy=False)
 
     def _validate_X(self, X):
         return validate_data(self, X, dtype=_INPUT_DTYPES, reset=False)
