@@ -17,8 +17,11 @@ Design
 * The network is a ``fastbp.nn.Sequential`` of ``Linear`` layers (with the hidden activation
   between them) whose parameter arrays ARE ``coefs_[i]`` and ``intercepts_[i]``: reading them
   costs nothing, and a step updates them in place.  Each minibatch is one
-  ``Sequential.train_step`` (the fused kernels; the one-call compiled step for plain or
-  heavy-ball SGD without L2, i.e. ``solver="sgd", alpha=0, nesterovs_momentum=False``).
+  ``Sequential.train_step`` (the fused kernels; the one-call compiled step where one
+  ``fastbp.optim`` optimizer can express scikit-learn's: Adam, or SGD without Nesterov, with
+  ``alpha=0`` and no sample weights -- see :meth:`_Solver.fuses` for why ``alpha > 0`` cannot).
+  Prediction runs ``Sequential.inference_forward`` (one GEMM + bias/activation epilogue per
+  layer), the output activation written from its buffer straight into the result.
 * Output layer and loss (``out_activation_``): softmax + cross-entropy for multiclass
   (fastbp's fused kernel); logistic + binary cross-entropy for binary and multilabel targets
   (fastbp has no fused kernel for it: :func:`_logistic_rows` composes the compiled sigmoid
@@ -33,9 +36,10 @@ Design
   buffers are rescaled by old / new, which keeps scikit-learn's velocity ``v = mu * v - lr * g``
   exact.
 * ``loss_`` is scikit-learn's: cross-entropy with probabilities clipped at machine epsilon, or
-  half the mean squared error, plus the L2 term.  Only where SGD can take the one-call step
-  (no sample weights, no L2, no Nesterov) fastbp's own exact cross-entropy is used: it differs
-  from the clipped one when a probability falls below epsilon.
+  half the mean squared error, plus the L2 term.  Only where training can take the one-call
+  step (no sample weights, no L2, Adam or SGD without Nesterov) fastbp's own exact
+  cross-entropy is used: it differs from the clipped one when a probability falls below
+  epsilon.
 * ``sample_weight``: per-sample losses and gradient rows weighted by ``w_i / sum(w)`` over
   the batch (:class:`_RowLoss`, NumPy over the compiled per-row kernels), the L2 term and
   decay divided by the batch's weight sum, as scikit-learn does.
@@ -211,10 +215,11 @@ def _logistic_loss():
     return _RowLoss(_logistic_rows, _one)
 
 
-#: native: makes fastbp's own loss (exact values, unweighted; lets plain SGD take the one-call
-#: compiled step); rows: makes the per-row loss (scikit-learn's clipped values, sample
-#: weights); grad_scale(D): their gradient over scikit-learn's for D outputs; value_scale:
-#: their value times this is scikit-learn's loss; link(z, out): out := the output activation of z, in one pass
+#: native: makes fastbp's own loss (exact values, unweighted; lets the one-call compiled step
+#: run); rows: makes the per-row loss (scikit-learn's clipped values, sample weights);
+#: grad_scale(D): their gradient over scikit-learn's for D outputs; value_scale: their value
+#: times this is scikit-learn's loss; link(z, out): out := the output activation of z
+#: (out may be z)
 _Output = namedtuple("_Output", "native rows grad_scale value_scale link")
 
 OUTPUTS = {
@@ -234,8 +239,8 @@ class _Solver:
 
     With ``alpha > 0`` the weights and the biases get separate optimizers (weight decay on the
     weights only) and this object is what ``train_step`` gets (its ``step`` splits the
-    parameters by name); with ``alpha == 0`` one fastbp optimizer does everything, so plain and
-    heavy-ball SGD reach the one-call compiled step.  See the module docstring for the scaling.
+    parameters by name); with ``alpha == 0`` one fastbp optimizer does everything, so Adam and
+    plain or heavy-ball SGD reach the one-call compiled step.  See the module docstring for the scaling.
     """
 
     def __init__(self, estimator, grad_scale):
@@ -265,6 +270,14 @@ class _Solver:
     def optimizer(self):
         """What ``Sequential.train_step`` gets."""
         return self if self.biases is not self.weights else self.weights
+
+    def fuses(self):
+        """True when one fastbp optimizer does everything and its update can run inside the
+        one-call compiled step (``fused_update``): SGD without Nesterov, or Adam, with
+        ``alpha == 0``.  With ``alpha > 0`` the weights and the biases need different weight
+        decays, which one ``FusedUpdate`` (one hyper-parameter tuple for every parameter)
+        cannot express."""
+        return self.biases is self.weights and self.weights.fused_update() is not None
 
     def _optimizers(self):
         return (self.weights,) if self.biases is self.weights else (self.weights, self.biases)
@@ -473,8 +486,7 @@ class _BaseMLP(BaseEstimator):
 
         model = self._network()
         solver = self._solver
-        compiled = sw_train is None and isinstance(solver.optimizer, optim.SGD)
-        loss = (output.native if compiled else output.rows)()
+        loss = (output.native if sw_train is None and solver.fuses() else output.rows)()
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
