@@ -17,6 +17,10 @@ Design
   (``Linear.fused_linear``, ``_Activation.fused_activation``, read from its spec-table row and
   its current parameter), never from class names.  The unfused path (``forward``,
   ``backward``, ``optimizer.step``) is the reference it is tested against.
+* Inference (``inference_forward``, used by ``predict``, ``predict_proba``, ``evaluate`` and
+  ``fastbp.sklearn``) runs the same fusion plan without a backward: one GEMM per ``Linear``
+  with the bias and activation in its epilogue (fastbp._planner.fused_forward), keeping
+  nothing for backward; anything the plan does not cover runs ``forward`` layer by layer.
 * Every input is validated before any kernel runs and before any parameter changes, so a failed
   ``train_step`` leaves the parameters as they were.
 * Parameter names in a ``Sequential`` are ``"<index>.<name>"`` (``"0.W"``, ``"0.b"``, ...).
