@@ -240,7 +240,8 @@ class _Solver:
     With ``alpha > 0`` the weights and the biases get separate optimizers (weight decay on the
     weights only) and this object is what ``train_step`` gets (its ``step`` splits the
     parameters by name); with ``alpha == 0`` one fastbp optimizer does everything, so Adam and
-    plain or heavy-ball SGD reach the one-call compiled step.  See the module docstring for the scaling.
+    plain or heavy-ball SGD reach the one-call compiled step.  See the module docstring for
+    the scaling.
     """
 
     def __init__(self, estimator, grad_scale):
