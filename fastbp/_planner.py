@@ -356,3 +356,28 @@ def _compiled_step(plan, cache, x, y, loss, optimizer):
     value = step.run(x, labels, target, update.lr, 0.0, threads, min_work, (*update.hyper, t + 1))
     cache.count_step(optimizer, t + 1)
     return value
+
+
+def fused_forward(plan, buffers, x):
+    """Inference forward of the chain `plan`: per stage ONE GEMM whose epilogue adds the bias
+    and applies the activation (``linear_act_forward``), or ``linear_forward`` without one.
+
+    Nothing is kept for a backward pass, and read-only parameters are fine (nothing is
+    written but the work buffers).  `x` is the batch already checked by the first layer
+    (C-contiguous, of the plan's dtype, (N, in_features)); `buffers` is the model's
+    ``StepCache.buffers`` (``get(name, shape, dtype)``: reused while the batch size stays the
+    same; the names differ from the training step's).  Returns the last stage's output, a
+    reused (N, out_features) buffer.  The kernels check every array they read.
+    """
+    k = kernels()
+    n, dtype, h = x.shape[0], plan.dtype, x
+    for i, s in enumerate(plan.stages):
+        out = buffers.get(f"infer_out{i}", (n, s.linear.out_features), dtype)
+        threads, act = threads_for(out.size), s.activation
+        if act is None:
+            k.linear_forward(h, s.W, s.b, out, threads)
+        else:  # gelu's kernel also stores z; nothing reads it here
+            pre = buffers.get(f"infer_pre{i}", out.shape, dtype) if act.reads_input else None
+            k.linear_act_forward(h, s.W, s.b, act.code, act.alpha, pre, out, threads)
+        h = out
+    return h

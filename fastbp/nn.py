@@ -17,6 +17,10 @@ Design
   (``Linear.fused_linear``, ``_Activation.fused_activation``, read from its spec-table row and
   its current parameter), never from class names.  The unfused path (``forward``,
   ``backward``, ``optimizer.step``) is the reference it is tested against.
+* Inference (``inference_forward``, used by ``predict``, ``predict_proba``, ``evaluate`` and
+  ``fastbp.sklearn``) runs the same fusion plan without a backward: one GEMM per ``Linear``
+  with the bias and activation in its epilogue (fastbp._planner.fused_forward), keeping
+  nothing for backward; anything the plan does not cover runs ``forward`` layer by layer.
 * Every input is validated before any kernel runs and before any parameter changes, so a failed
   ``train_step`` leaves the parameters as they were.
 * Parameter names in a ``Sequential`` are ``"<index>.<name>"`` (``"0.W"``, ``"0.b"``, ...).
@@ -31,7 +35,7 @@ import numpy as np
 from . import _specs
 from . import _validation as val
 from ._config import threads_for
-from ._planner import StepCache, fused_train_step, fusion_plan
+from ._planner import StepCache, fused_forward, fused_train_step, fusion_plan
 from .backend import kernels
 
 __all__ = [
@@ -655,19 +659,52 @@ class Sequential(Module):
             yield a[start:start + batch_size]
 
     @_inference_mode
+    def inference_forward(self, x):
+        """The outputs for `x` (N, in_features) in inference mode, keeping nothing for backward.
+
+        A chain of ``Linear`` (+ one activation) layers -- the plan the training step fuses
+        (fastbp._planner.fusion_plan, derived from the CURRENT layers on every call) -- runs one
+        GEMM per layer with the bias and activation in its epilogue; anything else (norm
+        layers, user layers, negative slopes) runs :meth:`forward` layer by layer.  Both give
+        the same outputs within dtype rounding.
+
+        Returns
+        -------
+        ndarray (N, out_features)
+            A reused buffer of the model's dtype: valid until the next call (copy it to keep it).
+
+        Raises
+        ------
+        ValueError, TypeError
+            For input of the wrong shape or a non-numeric dtype (the first layer's messages).
+        """
+        plan = self._fusion_plan()
+        if plan is None:
+            return self.forward(x)
+        first = plan.stages[0].linear
+        if not (type(x) is np.ndarray and x.dtype == plan.dtype and x.flags.c_contiguous
+                and x.ndim == 2 and x.shape[1] == first.in_features):
+            x = first._input(x)
+        return fused_forward(plan, self._step_cache.buffers, x)
+
+    @_inference_mode
     def predict_proba(self, x, batch_size=1024):
-        """Softmax probabilities of the outputs, (N, C), computed in batches."""
-        chunks = []
-        for xb in self._batches(x, batch_size):
-            z = self.forward(xb)
-            z = np.exp(z - z.max(axis=1, keepdims=True))
-            chunks.append(z / z.sum(axis=1, keepdims=True))
-        return np.concatenate(chunks) if chunks else np.empty((0, 0), self.dtype)
+        """Softmax probabilities of the outputs, (N, C), computed in batches (fused forward,
+        see :meth:`inference_forward`; the softmax written straight into the result)."""
+        a = val.as_array(x, "x")
+        result, start = None, 0
+        for xb in self._batches(a, batch_size):
+            z = self.inference_forward(xb)
+            if result is None:
+                result = np.empty((a.shape[0], z.shape[1]), z.dtype)
+            _softmax_rows(z, result[start:start + len(z)])
+            start += len(z)
+        return result if result is not None else np.empty((0, 0), self.dtype)
 
     @_inference_mode
     def predict(self, x, batch_size=1024):
         """Predicted class (argmax of the outputs) per row, as int64, computed in batches."""
-        out = [self.forward(xb).argmax(axis=1) for xb in self._batches(x, batch_size)]
+        out = [self.inference_forward(xb).argmax(axis=1) for xb in self._batches(x, batch_size)]
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
     @_inference_mode
@@ -689,11 +726,20 @@ class Sequential(Module):
         classify = t.ndim == 1 and t.dtype.kind in "iu"
         for start in range(0, a.shape[0], batch_size):
             xb, yb = a[start:start + batch_size], t[start:start + batch_size]
-            out = self.forward(xb)
+            out = self.inference_forward(xb)
             total += crit.forward(out, yb) * len(xb)
             if classify:
                 correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
         return total / a.shape[0], (correct / a.shape[0] if classify else float("nan"))
+
+
+def _softmax_rows(z, out):
+    """``out := softmax(z)`` row by row (max-shifted; `out` may be `z`): (N, C) arrays of one
+    float dtype.  Returns `out`."""
+    np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    return out
 
 
 class MLP(Sequential):

@@ -17,8 +17,11 @@ Design
 * The network is a ``fastbp.nn.Sequential`` of ``Linear`` layers (with the hidden activation
   between them) whose parameter arrays ARE ``coefs_[i]`` and ``intercepts_[i]``: reading them
   costs nothing, and a step updates them in place.  Each minibatch is one
-  ``Sequential.train_step`` (the fused kernels; the one-call compiled step for plain or
-  heavy-ball SGD without L2, i.e. ``solver="sgd", alpha=0, nesterovs_momentum=False``).
+  ``Sequential.train_step`` (the fused kernels; the one-call compiled step where one
+  ``fastbp.optim`` optimizer can express scikit-learn's: Adam, or SGD without Nesterov, with
+  ``alpha=0`` and no sample weights -- see :meth:`_Solver.fuses` for why ``alpha > 0`` cannot).
+  Prediction runs ``Sequential.inference_forward`` (one GEMM + bias/activation epilogue per
+  layer), the output activation written from its buffer straight into the result.
 * Output layer and loss (``out_activation_``): softmax + cross-entropy for multiclass
   (fastbp's fused kernel); logistic + binary cross-entropy for binary and multilabel targets
   (fastbp has no fused kernel for it: :func:`_logistic_rows` composes the compiled sigmoid
@@ -33,9 +36,10 @@ Design
   buffers are rescaled by old / new, which keeps scikit-learn's velocity ``v = mu * v - lr * g``
   exact.
 * ``loss_`` is scikit-learn's: cross-entropy with probabilities clipped at machine epsilon, or
-  half the mean squared error, plus the L2 term.  Only where SGD can take the one-call step
-  (no sample weights, no L2, no Nesterov) fastbp's own exact cross-entropy is used: it differs
-  from the clipped one when a probability falls below epsilon.
+  half the mean squared error, plus the L2 term.  Only where training can take the one-call
+  step (no sample weights, no L2, Adam or SGD without Nesterov) fastbp's own exact
+  cross-entropy is used: it differs from the clipped one when a probability falls below
+  epsilon.
 * ``sample_weight``: per-sample losses and gradient rows weighted by ``w_i / sum(w)`` over
   the batch (:class:`_RowLoss`, NumPy over the compiled per-row kernels), the L2 term and
   decay divided by the batch's weight sum, as scikit-learn does.
@@ -190,15 +194,13 @@ class _RowLoss(nn._Loss):
         return self.value_factor(s.shape[1]) * float(rows @ scale)
 
 
-def _softmax_inplace(z):
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+def _expit_into(z, out):
+    return expit(z, out=out)
 
 
-def _expit_inplace(z):
-    return expit(z, out=z)
+def _copy_into(z, out):
+    np.copyto(out, z)
+    return out
 
 
 def _one(d):
@@ -213,18 +215,19 @@ def _logistic_loss():
     return _RowLoss(_logistic_rows, _one)
 
 
-#: native: makes fastbp's own loss (exact values, unweighted; lets plain SGD take the one-call
-#: compiled step); rows: makes the per-row loss (scikit-learn's clipped values, sample
-#: weights); grad_scale(D): their gradient over scikit-learn's for D outputs; value_scale:
-#: their value times this is scikit-learn's loss; link: the output activation, in place
+#: native: makes fastbp's own loss (exact values, unweighted; lets the one-call compiled step
+#: run); rows: makes the per-row loss (scikit-learn's clipped values, sample weights);
+#: grad_scale(D): their gradient over scikit-learn's for D outputs; value_scale: their value
+#: times this is scikit-learn's loss; link(z, out): out := the output activation of z
+#: (out may be z)
 _Output = namedtuple("_Output", "native rows grad_scale value_scale link")
 
 OUTPUTS = {
     "softmax": _Output(nn.SoftmaxCrossEntropy, lambda: _RowLoss(_softmax_rows, _one), _one,
-                       1.0, _softmax_inplace),
-    "logistic": _Output(_logistic_loss, _logistic_loss, _one, 1.0, _expit_inplace),
+                       1.0, nn._softmax_rows),
+    "logistic": _Output(_logistic_loss, _logistic_loss, _one, 1.0, _expit_into),
     "identity": _Output(nn.MSELoss, lambda: _RowLoss(_squared_rows, _per_output),
-                        lambda d: 2.0 / d, 0.5, lambda z: z),
+                        lambda d: 2.0 / d, 0.5, _copy_into),
 }
 
 
@@ -236,8 +239,9 @@ class _Solver:
 
     With ``alpha > 0`` the weights and the biases get separate optimizers (weight decay on the
     weights only) and this object is what ``train_step`` gets (its ``step`` splits the
-    parameters by name); with ``alpha == 0`` one fastbp optimizer does everything, so plain and
-    heavy-ball SGD reach the one-call compiled step.  See the module docstring for the scaling.
+    parameters by name); with ``alpha == 0`` one fastbp optimizer does everything, so Adam and
+    plain or heavy-ball SGD reach the one-call compiled step.  See the module docstring for
+    the scaling.
     """
 
     def __init__(self, estimator, grad_scale):
@@ -267,6 +271,14 @@ class _Solver:
     def optimizer(self):
         """What ``Sequential.train_step`` gets."""
         return self if self.biases is not self.weights else self.weights
+
+    def fuses(self):
+        """True when one fastbp optimizer does everything and its update can run inside the
+        one-call compiled step (``fused_update``): SGD without Nesterov, or Adam, with
+        ``alpha == 0``.  With ``alpha > 0`` the weights and the biases need different weight
+        decays, which one ``FusedUpdate`` (one hyper-parameter tuple for every parameter)
+        cannot express."""
+        return self.biases is self.weights and self.weights.fused_update() is not None
 
     def _optimizers(self):
         return (self.weights,) if self.biases is self.weights else (self.weights, self.biases)
@@ -475,8 +487,7 @@ class _BaseMLP(BaseEstimator):
 
         model = self._network()
         solver = self._solver
-        compiled = sw_train is None and isinstance(solver.optimizer, optim.SGD)
-        loss = (output.native if compiled else output.rows)()
+        loss = (output.native if sw_train is None and solver.fuses() else output.rows)()
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
@@ -644,10 +655,14 @@ class _BaseMLP(BaseEstimator):
         float32, anything else float64)."""
         model = self._network()
         x = self._compute_array(X)
+        link = OUTPUTS[self.out_activation_].link
         out = np.empty((X.shape[0], self.n_outputs_), x.dtype)
         for start in range(0, X.shape[0], _PREDICT_ROWS):  # (gen_batches validates: ~1 ms)
-            out[start:start + _PREDICT_ROWS] = model.forward(x[start:start + _PREDICT_ROWS])
-        return OUTPUTS[self.out_activation_].link(out).astype(X.dtype, copy=False)
+            # the fused inference forward (one GEMM + epilogue per layer), then the output
+            # activation from its buffer straight into the result, while it is in cache
+            link(model.inference_forward(x[start:start + _PREDICT_ROWS]),
+                 out[start:start + _PREDICT_ROWS])
+        return out.astype(X.dtype, copy=False)
 
     def _validate_X(self, X):
         return validate_data(self, X, dtype=_INPUT_DTYPES, reset=False)

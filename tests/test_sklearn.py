@@ -79,6 +79,7 @@ def test_sklearn_estimator_checks(estimator, check):
 SOLVERS = {
     "adam": dict(solver="adam"),
     "adam-l2-early": dict(solver="adam", alpha=1e-2, early_stopping=True, n_iter_no_change=2),
+    "adam-compiled": dict(solver="adam", alpha=0),  # the one-call compiled Adam step
     "sgd-nesterov-invscaling": dict(solver="sgd", learning_rate="invscaling",
                                     learning_rate_init=0.2),
     "sgd-adaptive": dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.05,
@@ -163,6 +164,16 @@ def test_float64_weighted_fit_equals_scikit_learn(digits, solver, kind):
     """sample_weight: weighted losses and gradients, L2 over the batch's weight sum."""
     _, ours, theirs = _fit_both(digits, solver, kind, weighted=True)
     _assert_same_fit(ours, theirs)
+
+
+@pytest.mark.parametrize("solver,compiled", [("adam-compiled", True), ("sgd-compiled", True),
+                                             ("adam", False), ("sgd-nesterov-invscaling", False)])
+def test_one_call_compiled_step_where_the_solver_allows(digits, solver, compiled):
+    """alpha == 0 (Adam, SGD without Nesterov) trains on the one-call compiled step; alpha > 0
+    (weights and biases decayed differently) or Nesterov on the kernel-by-kernel path."""
+    X, y = digits
+    est = MLPClassifier((9,), max_iter=2, random_state=0, **SOLVERS[solver]).fit(X[:100], y[:100])
+    assert bool(est._model.model._step_cache.compiled) is compiled
 
 
 def test_adaptive_schedule_really_lowered_the_rate(digits):
