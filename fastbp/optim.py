@@ -347,15 +347,19 @@ def _tensor_arrays(tensors):
                         f"{type(tensors).__name__}")
     params, grads = {}, {}
     for key, t in items:
-        if not (isinstance(getattr(t, "data", None), np.ndarray) and hasattr(t, "grad")):
+        data, grad = getattr(t, "data", None), getattr(t, "grad", _MISSING)
+        if grad is _MISSING or not isinstance(data, np.ndarray):
             raise TypeError(f"params[{key!r}] is a {type(t).__name__}: without grads, params "
                             "must be autograd tensors (pass grads=... for arrays)")
         if not getattr(t, "is_leaf", True):
             raise ValueError(f"params[{key!r}] is not a leaf tensor (it was computed from "
                              "others); optimize the leaves")
-        if t.grad is not None:
-            params[key], grads[key] = t.data, t.grad
+        if grad is not None:
+            params[key], grads[key] = data, grad
     return params, grads
+
+
+_MISSING = object()
 
 
 class GemmFold(NamedTuple):
@@ -505,15 +509,17 @@ class Optimizer:
             params, grads = _tensor_arrays(params)
         work = self._checked(params, grads)
         needed = self._arrays_needed(hp)
+        prepare, update = self.prepare_state, self._update
         for name, p, g in work:
-            state = self.prepare_state(name, p, needed)
-            self._update(p.reshape(-1), g.reshape(-1), state, hp, threads_for(p.size))
+            update(p.reshape(-1), g.reshape(-1), prepare(name, p, needed), hp, threads_for(p.size))
 
     def prepare_state(self, name, param, keys):
         """``state[name]`` with its arrays `keys` created (zeros like `param`) where missing,
         and its step count where the optimizer counts steps: what :meth:`step` does before
         updating (a fused step that updates the parameter itself calls it too)."""
-        state = self.state.setdefault(name, {})
+        state = self.state.get(name)
+        if state is None:
+            state = self.state[name] = {}
         for key in keys:
             if key not in state:
                 state[key] = np.zeros(param.shape, param.dtype)
@@ -527,11 +533,12 @@ class Optimizer:
             if not isinstance(value, Mapping):
                 raise TypeError(f"{arg} must be a dict of name -> ndarray, got "
                                 f"{type(value).__name__}")
-        missing = [k for k in params if k not in grads]
-        extra = [k for k in grads if k not in params]
-        if missing or extra:
-            raise ValueError(f"grads must have the same keys as params: missing {missing}, "
-                             f"unexpected {extra}")
+        if params.keys() != grads.keys():  # the lists only when they may differ
+            missing = [k for k in params if k not in grads]
+            extra = [k for k in grads if k not in params]
+            if missing or extra:
+                raise ValueError(f"grads must have the same keys as params: missing {missing}, "
+                                 f"unexpected {extra}")
         work = []
         states = self.state
         for name, p in params.items():
@@ -751,7 +758,7 @@ class SGD(Optimizer):
         if hp["momentum"] == 0:
             kernels().sgd_step(w, g, hp["lr"], hp["weight_decay"], n_threads)
         else:
-            kernels().momentum_step(w, g, _flat(state["momentum_buffer"]), hp["lr"],
+            kernels().momentum_step(w, g, state["momentum_buffer"].reshape(-1), hp["lr"],
                                     hp["momentum"], hp["weight_decay"], hp["nesterov"],
                                     n_threads)
 
