@@ -36,7 +36,7 @@ state unchanged.  Every update is one fused kernel pass per parameter array
 """
 
 from collections.abc import Mapping
-from operator import attrgetter
+from operator import attrgetter, is_
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
@@ -460,17 +460,17 @@ class Optimizer:
         """``_validate`` of the current hyper-parameters, raising as it does.
 
         Every step calls this, so the validated dict is cached, keyed on the identity of every
-        hyper-parameter object (the cache keeps them alive): rebinding any attribute (a
-        schedule, an invalid value) validates again.  Only immutable values are cached (numbers,
+        hyper-parameter object (the cache holds them, so an identity is never that of another
+        object): rebinding any attribute (a schedule, an invalid value) validates again.  Only immutable values are cached (numbers,
         strings, tuples of them), so a list mutated in place is validated on every call.
         """
         values = self._hyper_values(self)
         cached = self.__dict__.get("_validated")
-        if cached is not None and tuple(map(id, values)) == cached[0]:
+        if cached is not None and all(map(is_, values, cached[0])):
             return cached[1]
         hp = self._validate(**dict(zip(self._hyper, values)))
         if _immutable(values):
-            self._validated = (tuple(map(id, values)), hp, values)
+            self._validated = (values, hp)
         return hp
 
     def step(self, params, grads=None):

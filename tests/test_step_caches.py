@@ -215,3 +215,23 @@ def test_an_activation_that_stops_fusing_after_cached_steps_is_followed():
     for k, v in plain.params.items():
         np.testing.assert_array_equal(fused.params[k], v)
     assert np.isfinite(value)
+
+
+@pytest.mark.parametrize("clone", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_validates_its_own_hyperparameters(clone):
+    import copy
+    import pickle
+
+    params, grads = _arrays()
+    opt = optim.Adam(1e-2)
+    _warm(opt, params, grads)
+    twin = copy.deepcopy(opt) if clone == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    p_opt, p_twin = ({k: v.copy() for k, v in params.items()} for _ in range(2))
+    opt.step(p_opt, grads)
+    twin.step(p_twin, grads)
+    for k in params:
+        np.testing.assert_array_equal(p_opt[k], p_twin[k])
+    twin.eps = -1.0
+    with pytest.raises(ValueError, match="eps"):
+        twin.step(p_twin, grads)
+    opt.step(p_opt, grads)  # the original is not affected
