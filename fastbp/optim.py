@@ -414,11 +414,14 @@ class Optimizer:
         self.state = {}
 
     def __init_subclass__(cls, **kwargs):
+        """Give each optimizer class ``_hyper_values(obj)``: the tuple of its hyper-parameter
+        values, read in one C call (attrgetter returns a bare value for a single name)."""
         super().__init_subclass__(**kwargs)
         names = cls._hyper
-        cls._hyper_values = staticmethod(
-            attrgetter(*names) if len(names) > 1 else lambda obj: tuple(getattr(obj, n)
-                                                                        for n in names))
+        if len(names) > 1:
+            cls._hyper_values = staticmethod(attrgetter(*names))
+        else:
+            cls._hyper_values = staticmethod(lambda obj: tuple(getattr(obj, n) for n in names))
 
     # subclass hooks ------------------------------------------------------------------------
 
@@ -461,8 +464,9 @@ class Optimizer:
 
         Every step calls this, so the validated dict is cached, keyed on the identity of every
         hyper-parameter object (the cache holds them, so an identity is never that of another
-        object): rebinding any attribute (a schedule, an invalid value) validates again.  Only immutable values are cached (numbers,
-        strings, tuples of them), so a list mutated in place is validated on every call.
+        object): rebinding any attribute (a schedule, an invalid value) validates again.  Only
+        immutable values are cached (numbers, strings, tuples of them), so a list mutated in
+        place is validated on every call.  ``_validate`` must depend on the values alone.
         """
         values = self._hyper_values(self)
         cached = self.__dict__.get("_validated")
@@ -511,7 +515,8 @@ class Optimizer:
         needed = self._arrays_needed(hp)
         prepare, update = self.prepare_state, self._update
         for name, p, g in work:
-            update(p.reshape(-1), g.reshape(-1), prepare(name, p, needed), hp, threads_for(p.size))
+            state = prepare(name, p, needed)
+            update(_flat(p), _flat(g), state, hp, threads_for(p.size))
 
     def prepare_state(self, name, param, keys):
         """``state[name]`` with its arrays `keys` created (zeros like `param`) where missing,
@@ -758,7 +763,7 @@ class SGD(Optimizer):
         if hp["momentum"] == 0:
             kernels().sgd_step(w, g, hp["lr"], hp["weight_decay"], n_threads)
         else:
-            kernels().momentum_step(w, g, state["momentum_buffer"].reshape(-1), hp["lr"],
+            kernels().momentum_step(w, g, _flat(state["momentum_buffer"]), hp["lr"],
                                     hp["momentum"], hp["weight_decay"], hp["nesterov"],
                                     n_threads)
 
@@ -786,7 +791,7 @@ def _fits(p, g, state):
     return True
 
 
-_IMMUTABLE = frozenset((bool, int, float, complex, str, type(None)))
+_IMMUTABLE = frozenset((bool, int, float, str, type(None)))
 
 
 def _immutable(values):
