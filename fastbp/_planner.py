@@ -7,6 +7,9 @@ is derived from the current layers (what each layer declares: ``fused_linear`` f
 behind.  A plan is a few NamedTuples; its ``key`` holds everything it describes (the layers and
 arrays by identity, shapes, the activations' codes and scalars), and every cache below is keyed
 on it (the cache entries keep those objects alive, so an ``id`` cannot be reused while cached).
+The step's previous plan is handed back in: when reading the layers again finds everything its
+key holds unchanged, that same plan is returned and nothing is built (the common case, every
+step after the first).
 
 A chain ``Linear [act] Linear [act] ... Linear [act]`` runs as:
 
@@ -84,13 +87,17 @@ class StepLayer(NamedTuple):
 _ACT_CODES = {code: i for i, code in enumerate(_specs.FUSED_ACTIVATIONS)}
 
 
-def fusion_plan(layers):
+def fusion_plan(layers, previous=None):
     """The :class:`Plan` for `layers` as they are now, or None when they do not fuse.
 
     A fusable chain alternates layers declaring ``fused_linear`` (True) with at most one layer
     declaring a ``fused_activation`` (not None) after each; consecutive GEMM layers must
-    agree on sizes and dtype.
+    agree on sizes and dtype.  `previous`, a plan derived earlier (the step cache's), is
+    returned itself when it still describes `layers` exactly: everything its key holds is read
+    again from the layers, only nothing new is built.
     """
+    if previous is not None and _describes(previous, layers):
+        return previous
     stages, key, i, prev = [], [], 0, None
     count = len(layers)
     while i < count:
@@ -106,13 +113,40 @@ def fusion_plan(layers):
                 return None
         W, b = lin.params.get("W"), lin.params.get("b")
         stages.append(Stage(i, lin, W, b, act))
-        key.append((i, id(lin), lin.in_features, lin.out_features, id(W),
-                    getattr(W, "shape", None), id(b), getattr(b, "shape", None), act))
+        key.append(_stage_key(i, lin, W, b, act))
         prev, i = lin, i + 1 + (act is not None)
     if not stages:
         return None
     dtype = stages[0].linear.dtype
-    return Plan(tuple(stages), dtype, (dtype, *key))
+    return Plan(tuple(stages), dtype, (dtype, count, *key))
+
+
+def _stage_key(i, lin, W, b, act):
+    return (i, id(lin), lin.in_features, lin.out_features, id(W), getattr(W, "shape", None),
+            id(b), getattr(b, "shape", None), act)
+
+
+def _describes(plan, layers):
+    """True when deriving the plan of `layers` now would give `plan`'s key again: the same
+    layer count and layers, each GEMM layer still fusing with the same sizes, dtype and
+    parameter arrays (and their shapes), each activation still fusing with the same code and
+    scalar."""
+    dtype, count, *keys = plan.key
+    if len(layers) != count:
+        return False
+    for s, key in zip(plan.stages, keys):
+        i, lin, act = s.index, s.linear, s.activation
+        if layers[i] is not lin or not lin.fused_linear or lin.dtype != dtype:
+            return False
+        params = lin.params
+        if _stage_key(i, lin, params.get("W"), params.get("b"), act) != key:
+            return False
+        if act is not None:
+            layer = layers[i + 1]
+            if (getattr(layer, "fused_linear", False)
+                    or getattr(layer, "fused_activation", None) != act):
+                return False
+    return True
 
 
 def check_written(name, a, dtype, shape, hint=""):
@@ -175,11 +209,12 @@ class StepCache:
 
     def compiled_step(self, plan, optimizer, update, n, loss_kernel):
         """The FusedStep for this plan, batch size, loss and velocity arrays (cached)."""
-        if self.plan_key != plan.key:
-            self.compiled.clear()
+        if plan is not self.plan:
+            if self.plan_key != plan.key:
+                self.compiled.clear()
+                self.names = tuple(f"{s.index}.{pname}" for s in plan.stages
+                                   for pname, p in (("W", s.W), ("b", s.b)) if p is not None)
             self.plan_key, self.plan = plan.key, plan  # the plan keeps the key's objects alive
-            self.names = tuple(f"{s.index}.{pname}" for s in plan.stages
-                               for pname, p in (("W", s.W), ("b", s.b)) if p is not None)
         key = (n, loss_kernel, update.kind, self._state_ids(optimizer, update))
         step = self.compiled.get(key)
         if step is None:

@@ -648,9 +648,10 @@ class Sequential(Module):
         return fused_train_step(plan, self._step_cache, x, y, loss, optimizer)
 
     def _fusion_plan(self):
-        """The fused plan of the CURRENT layers (fastbp._planner.fusion_plan; derived on every
-        step, so an edit of the layers or of their parameters can never leave it stale)."""
-        return fusion_plan(self.layers)
+        """The fused plan of the CURRENT layers (fastbp._planner.fusion_plan; checked against
+        the layers on every step, so an edit of the layers or of their parameters can never
+        leave it stale)."""
+        return fusion_plan(self.layers, self._step_cache.plan)
 
     def _batches(self, x, batch_size):
         a = val.as_array(x, "x")

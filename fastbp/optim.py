@@ -35,8 +35,8 @@ state unchanged.  Every update is one fused kernel pass per parameter array
 ``"numpy"`` and ``"checked"`` apply here too.
 """
 
-import math
 from collections.abc import Mapping
+from operator import attrgetter, is_
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
@@ -347,15 +347,19 @@ def _tensor_arrays(tensors):
                         f"{type(tensors).__name__}")
     params, grads = {}, {}
     for key, t in items:
-        if not (isinstance(getattr(t, "data", None), np.ndarray) and hasattr(t, "grad")):
+        data, grad = getattr(t, "data", None), getattr(t, "grad", _MISSING)
+        if grad is _MISSING or not isinstance(data, np.ndarray):
             raise TypeError(f"params[{key!r}] is a {type(t).__name__}: without grads, params "
                             "must be autograd tensors (pass grads=... for arrays)")
         if not getattr(t, "is_leaf", True):
             raise ValueError(f"params[{key!r}] is not a leaf tensor (it was computed from "
                              "others); optimize the leaves")
-        if t.grad is not None:
-            params[key], grads[key] = t.data, t.grad
+        if grad is not None:
+            params[key], grads[key] = data, grad
     return params, grads
+
+
+_MISSING = object()
 
 
 class GemmFold(NamedTuple):
@@ -409,6 +413,16 @@ class Optimizer:
             setattr(self, name, value)
         self.state = {}
 
+    def __init_subclass__(cls, **kwargs):
+        """Give each optimizer class ``_hyper_values(obj)``: the tuple of its hyper-parameter
+        values, read in one C call (attrgetter returns a bare value for a single name)."""
+        super().__init_subclass__(**kwargs)
+        names = cls._hyper
+        if len(names) > 1:
+            cls._hyper_values = staticmethod(attrgetter(*names))
+        else:
+            cls._hyper_values = staticmethod(lambda obj: tuple(getattr(obj, n) for n in names))
+
     # subclass hooks ------------------------------------------------------------------------
 
     @classmethod
@@ -438,12 +452,30 @@ class Optimizer:
         or None (the base class: the step then calls :meth:`step`).  Validates the
         hyper-parameters first (they may have been set since construction), raising as
         :meth:`step` would."""
-        self._validate(**self.hyperparameters())
+        self._checked_hyperparameters()
         return None
 
     def hyperparameters(self):
         """The current hyper-parameters as a dict (name -> value), in constructor order."""
         return {name: getattr(self, name) for name in self._hyper}
+
+    def _checked_hyperparameters(self):
+        """``_validate`` of the current hyper-parameters, raising as it does.
+
+        Every step calls this, so the validated dict is cached, keyed on the identity of every
+        hyper-parameter object (the cache holds them, so an identity is never that of another
+        object): rebinding any attribute (a schedule, an invalid value) validates again.  Only
+        immutable values are cached (numbers, strings, tuples of them), so a list mutated in
+        place is validated on every call.  ``_validate`` must depend on the values alone.
+        """
+        values = self._hyper_values(self)
+        cached = self.__dict__.get("_validated")
+        if cached is not None and all(map(is_, values, cached[0])):
+            return cached[1]
+        hp = self._validate(**dict(zip(self._hyper, values)))
+        if _immutable(values):
+            self._validated = (values, hp)
+        return hp
 
     def step(self, params, grads=None):
         """Update every parameter IN PLACE from its gradient (one fused kernel pass each).
@@ -476,20 +508,23 @@ class Optimizer:
         Everything -- hyper-parameters, every parameter and gradient, existing state -- is
         checked before the first parameter is touched, so an error leaves all of it unchanged.
         """
-        hp = self._validate(**self.hyperparameters())
+        hp = self._checked_hyperparameters()
         if grads is None:
             params, grads = _tensor_arrays(params)
         work = self._checked(params, grads)
         needed = self._arrays_needed(hp)
+        prepare, update = self.prepare_state, self._update
         for name, p, g in work:
-            state = self.prepare_state(name, p, needed)
-            self._update(_flat(p), _flat(g), state, hp, threads_for(p.size))
+            state = prepare(name, p, needed)
+            update(_flat(p), _flat(g), state, hp, threads_for(p.size))
 
     def prepare_state(self, name, param, keys):
         """``state[name]`` with its arrays `keys` created (zeros like `param`) where missing,
         and its step count where the optimizer counts steps: what :meth:`step` does before
         updating (a fused step that updates the parameter itself calls it too)."""
-        state = self.state.setdefault(name, {})
+        state = self.state.get(name)
+        if state is None:
+            state = self.state[name] = {}
         for key in keys:
             if key not in state:
                 state[key] = np.zeros(param.shape, param.dtype)
@@ -503,13 +538,19 @@ class Optimizer:
             if not isinstance(value, Mapping):
                 raise TypeError(f"{arg} must be a dict of name -> ndarray, got "
                                 f"{type(value).__name__}")
-        missing = [k for k in params if k not in grads]
-        extra = [k for k in grads if k not in params]
-        if missing or extra:
-            raise ValueError(f"grads must have the same keys as params: missing {missing}, "
-                             f"unexpected {extra}")
+        if params.keys() != grads.keys():  # the lists only when they may differ
+            missing = [k for k in params if k not in grads]
+            extra = [k for k in grads if k not in params]
+            if missing or extra:
+                raise ValueError(f"grads must have the same keys as params: missing {missing}, "
+                                 f"unexpected {extra}")
         work = []
+        states = self.state
         for name, p in params.items():
+            g = grads[name]
+            if _fits(p, g, states.get(name)):
+                work.append((name, p, g))
+                continue
             val.float_array(p, f"params[{name!r}]")
             if not p.flags.c_contiguous:
                 raise ValueError(f"params[{name!r}] must be C-contiguous (it is updated in place "
@@ -692,7 +733,7 @@ class SGD(Optimizer):
         """Plain SGD: ``W := -lr * grad + W`` in the GEMM.  Heavy-ball momentum (no Nesterov,
         no weight decay): ``b := grad + momentum * b`` in the GEMM, then ``W -= lr * b``.
         Otherwise None (see :meth:`Optimizer.gemm_fold`)."""
-        hp = self._validate(**self.hyperparameters())
+        hp = self._checked_hyperparameters()
         if hp["weight_decay"] != 0 or hp["nesterov"]:
             return None
         if hp["momentum"] == 0:
@@ -712,12 +753,7 @@ class SGD(Optimizer):
     def fused_update(self):
         """Heavy-ball SGD (no Nesterov, no weight decay) runs inside the compiled step; a
         subclass that changes the update (overrides ``_update``) does not."""
-        lr, mu = self.lr, self.momentum
-        if (type(lr) is float and type(mu) is float and 0 <= lr < math.inf and 0 <= mu < 1
-                and self.weight_decay == 0 and self.nesterov is False and type(self) is SGD):
-            # the common case, as _validate would return it, checked in ~0.3 us (every step)
-            return FusedUpdate("sgd", lr, (mu,), ("momentum_buffer",) if mu else ())
-        hp = self._validate(**self.hyperparameters())
+        hp = self._checked_hyperparameters()
         if hp["weight_decay"] != 0 or hp["nesterov"] or not _plain(self, SGD):
             return None
         mu = hp["momentum"]
@@ -730,6 +766,44 @@ class SGD(Optimizer):
             kernels().momentum_step(w, g, _flat(state["momentum_buffer"]), hp["lr"],
                                     hp["momentum"], hp["weight_decay"], hp["nesterov"],
                                     n_threads)
+
+
+_F32, _F64 = val.FLOAT_DTYPES
+
+
+def _fits(p, g, state):
+    """True when parameter `p`, its gradient `g` and its `state` pass every check of
+    :meth:`Optimizer._checked` as they are (no copy needed): the common case, in a few attribute
+    reads.  False sends them through the full checks, which raise or copy."""
+    if type(p) is not np.ndarray or type(g) is not np.ndarray:
+        return False
+    dtype, shape = p.dtype, p.shape
+    if not ((dtype is _F32 or dtype is _F64) and g.dtype is dtype and g.shape == shape
+            and p.flags.carray and g.flags.c_contiguous):
+        return False
+    if state:
+        for s in state.values():
+            if type(s) is np.ndarray:
+                if not (s.dtype is dtype and s.shape == shape and s.flags.carray):
+                    return False
+            elif isinstance(s, np.ndarray):
+                return False
+    return True
+
+
+_IMMUTABLE = frozenset((bool, int, float, str, type(None)))
+
+
+def _immutable(values):
+    """True when every value (recursively through tuples) can never change in place."""
+    for v in values:
+        kind = type(v)
+        if kind is tuple:
+            if not _immutable(v):
+                return False
+        elif kind not in _IMMUTABLE and not isinstance(v, (np.number, np.bool_)):
+            return False
+    return True
 
 
 def _plain(optimizer, cls):
@@ -796,7 +870,7 @@ class Adam(Optimizer):
 
     def fused_update(self):
         """Adam runs inside the compiled step (the same kernel loop as :meth:`step`)."""
-        hp = self._validate(**self.hyperparameters())
+        hp = self._checked_hyperparameters()
         if not _plain(self, Adam):
             return None
         return FusedUpdate("adam", hp["lr"], (*hp["betas"], hp["eps"], hp["weight_decay"]),
@@ -856,7 +930,7 @@ class RMSProp(Optimizer):
 
     def fused_update(self):
         """RMSProp runs inside the compiled step (the same kernel loop as :meth:`step`)."""
-        hp = self._validate(**self.hyperparameters())
+        hp = self._checked_hyperparameters()
         if not _plain(self, RMSProp):
             return None
         return FusedUpdate("rmsprop", hp["lr"], (hp["alpha"], hp["eps"], hp["weight_decay"]),

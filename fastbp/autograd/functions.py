@@ -527,10 +527,17 @@ def _fused_loss(kernel, pred, ts, second, scale):
     return np.array(loss, pred.dtype), grad
 
 
+_INT64 = np.dtype(np.int64)
+
+
 def _classification_loss(kernel, scores, labels, name):
     sd, ts = _scores(scores, kernel, name)
     y = labels.data if isinstance(labels, Tensor) else labels
-    y = val.as_labels(y, "labels", sd.shape[0], sd.shape[1])
+    if not (type(y) is np.ndarray and y.dtype == _INT64 and y.shape == (sd.shape[0],)
+            and y.flags.c_contiguous):
+        y = val.as_labels(y, "labels", sd.shape[0], sd.shape[1])
+    # else: int64 labels as the kernels take them; the kernel checks their range before it
+    # writes anything (both backends), so the NumPy reductions of as_labels are not repeated
     out, grad = _fused_loss(kernel, sd, ts, y, 1.0 / sd.shape[0])
     if ts is None:
         return make(out)
