@@ -84,7 +84,19 @@ __all__ = [
 cdef enum:
     MAX_COLS = 1024  # widest column block: its per-column accumulators live on the stack
     COL_ALIGN = 16   # column-block widths are multiples of this (whole SIMD vectors)
-    LANES = 8        # independent partial sums per row (layer norm)
+    LANES = 32       # independent partial sums per row (layer norm): 4 AVX-512 vectors
+
+
+cdef inline void _split(double v, floating *hi, floating *lo) noexcept nogil:
+    """v ~ hi + lo to about twice the dtype's precision: hi is v rounded to the dtype, lo the
+    rest rounded (exactly 0 for float64), so (x - hi) - lo centres x in the dtype (design d)."""
+    hi[0] = <floating>v
+    lo[0] = <floating>(v - hi[0])
+
+
+cdef inline floating _centered(floating x, floating hi, floating lo) noexcept nogil:
+    """x - (hi + lo) in the dtype: x - hi is exact near a large mean (Sterbenz)."""
+    return (x - hi) - lo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,27 +166,30 @@ cdef cloned_void _grad_sums_cols(const floating *dout, const floating *x, Py_ssi
             sum_gx[j] += grow[j] * ((row[j] - mu[j]) * inv[j])
 
 
+cdef inline void _ln_param_sums_row(const floating *dout, const floating *x, Py_ssize_t w,
+                              double mu, double inv, double *sum_g,
+                              double *sum_gx) noexcept nogil:
+    """sum_g[j] += dout[j];  sum_gx[j] += dout[j] * x_hat[j] over w columns of one row with
+    the row's statistics (layer norm's dgamma / dbeta; x_hat as _ln_backward_row has it)."""
+    cdef floating hi, lo, s = <floating>inv
+    cdef Py_ssize_t j
+    _split(mu, &hi, &lo)
+    for j in range(w):
+        sum_g[j] += dout[j]
+        sum_gx[j] += <double>dout[j] * (_centered(x[j], hi, lo) * s)
+
+
 cdef cloned_void _grad_sums_cols_row_stats(const floating *dout, const floating *x,
                                            Py_ssize_t n, Py_ssize_t d, Py_ssize_t w,
                                            const double *mean, const double *inv_std,
                                            double *sum_g, double *sum_gx) noexcept nogil:
-    """As _grad_sums_cols, with the row statistics x_hat = (x - mean[i]) * inv_std[i] (layer
-    norm)."""
+    """As _grad_sums_cols, with the row statistics of layer norm (_ln_param_sums_row)."""
     cdef Py_ssize_t i, j
-    cdef const floating *row
-    cdef const floating *grow
-    cdef double mu, inv
     for j in range(w):
         sum_g[j] = 0
         sum_gx[j] = 0
     for i in range(n):
-        row = x + i * d
-        grow = dout + i * d
-        mu = mean[i]
-        inv = inv_std[i]
-        for j in range(w):
-            sum_g[j] += grow[j]
-            sum_gx[j] += grow[j] * ((row[j] - mu) * inv)
+        _ln_param_sums_row(dout + i * d, x + i * d, w, mean[i], inv_std[i], sum_g, sum_gx)
 
 
 cdef cloned_void _bn_dx_cols(const floating *dout, const floating *x, floating *dx,
@@ -283,8 +298,14 @@ cdef void _ln_param_grads_block(const floating *dout, const floating *x, const d
 # ---------------------------------------------------------------------------------------------
 # Rows (layer norm): LANES fixed partial sums per row, folded in a fixed tree (design c)
 
-cdef inline double _fold(const double *acc) noexcept nogil:
-    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+cdef inline double _fold(double *acc) noexcept nogil:
+    """acc[0] + ... + acc[LANES - 1] in a fixed pairwise tree (acc is overwritten)."""
+    cdef Py_ssize_t h = LANES // 2, k
+    while h:
+        for k in range(h):
+            acc[k] += acc[k + h]
+        h //= 2
+    return acc[0]
 
 
 cdef inline void _zero(double *acc) noexcept nogil:
@@ -329,41 +350,48 @@ cdef cloned_void _ln_forward_row(const floating *x, const floating *gamma,
     out += i * d
     cdef double mu = _row_mean(x, d)
     cdef double inv = 1.0 / sqrt(_row_var(x, d, mu) + eps)
+    cdef floating hi, lo, s = <floating>inv
     cdef Py_ssize_t j
+    _split(mu, &hi, &lo)
     mean[i] = mu
     inv_std[i] = inv
     for j in range(d):
-        out[j] = <floating>(((x[j] - mu) * inv) * gamma[j] + beta[j])
+        out[j] = _centered(x[j], hi, lo) * s * gamma[j] + beta[j]
 
 
 cdef cloned_void _ln_backward_row(const floating *dout, const floating *x,
                                   const floating *gamma, const double *mean,
                                   const double *inv_std, floating *dx, Py_ssize_t d,
-                                  Py_ssize_t i) noexcept nogil:
-    """dx = inv * (g - mean(g) - x_hat * mean(g x_hat)) with g = dout * gamma, over one row."""
+                                  Py_ssize_t i, double *sum_g, double *sum_gx) noexcept nogil:
+    """dx = inv * (g - mean(g) - x_hat * mean(g x_hat)) with g = dout * gamma, over one row;
+    first adds the row's terms to the column sums of dgamma / dbeta when sum_g is not NULL."""
     dout += i * d
     x += i * d
     dx += i * d
-    cdef double mu = mean[i], inv = inv_std[i], g, xh
+    if sum_g != NULL:
+        _ln_param_sums_row(dout, x, d, mean[i], inv_std[i], sum_g, sum_gx)
+    cdef floating hi, lo, s = <floating>inv_std[i], g, xh, mg, mgx
     cdef double acc_g[LANES]
     cdef double acc_gx[LANES]
     cdef Py_ssize_t b, k, j
+    _split(mean[i], &hi, &lo)
     _zero(acc_g)
     _zero(acc_gx)
     for b in range(d // LANES):
         for k in range(LANES):
             j = b * LANES + k
-            g = <double>dout[j] * gamma[j]
+            g = dout[j] * gamma[j]
             acc_g[k] += g
-            acc_gx[k] += g * ((x[j] - mu) * inv)
+            acc_gx[k] += <double>g * (_centered(x[j], hi, lo) * s)
     for j in range(d - d % LANES, d):
-        g = <double>dout[j] * gamma[j]
+        g = dout[j] * gamma[j]
         acc_g[j % LANES] += g
-        acc_gx[j % LANES] += g * ((x[j] - mu) * inv)
-    cdef double mean_g = _fold(acc_g) / d, mean_gx = _fold(acc_gx) / d
+        acc_gx[j % LANES] += <double>g * (_centered(x[j], hi, lo) * s)
+    mg = <floating>(_fold(acc_g) / d)
+    mgx = <floating>(_fold(acc_gx) / d)
     for j in range(d):
-        xh = (x[j] - mu) * inv
-        dx[j] = <floating>(inv * (<double>dout[j] * gamma[j] - mean_g - xh * mean_gx))
+        xh = _centered(x[j], hi, lo) * s
+        dx[j] = s * ((dout[j] * gamma[j] - mg) - xh * mgx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +457,21 @@ cdef void _ln_backward(const floating *dout, const floating *x, const floating *
                        const double *mean, const double *inv_std, floating *dx,
                        floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t d,
                        int n_threads) noexcept nogil:
-    cdef Py_ssize_t i, blk, width = _block_width(d, n_threads), nb = (d + width - 1) // width
+    cdef Py_ssize_t i, j, blk, width = _block_width(d, n_threads), nb = (d + width - 1) // width
+    cdef double sum_g[MAX_COLS]
+    cdef double sum_gx[MAX_COLS]
+    if n_threads <= 1 and d <= MAX_COLS:
+        # one read: each row adds to dgamma / dbeta (in row order, as the column blocks do)
+        # before its dx is written
+        for j in range(d):
+            sum_g[j] = 0
+            sum_gx[j] = 0
+        for i in range(n):
+            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i, sum_g, sum_gx)
+        for j in range(d):
+            dbeta[j] = <floating>sum_g[j]
+            dgamma[j] = <floating>sum_gx[j]
+        return
     # dgamma / dbeta first: they read every row, which the dx pass may overwrite (in place)
     if n_threads <= 1 or nb == 1:
         for blk in range(nb):
@@ -441,10 +483,10 @@ cdef void _ln_backward(const floating *dout, const floating *x, const floating *
                                   width)
     if n_threads <= 1 or n == 1:
         for i in range(n):
-            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i)
+            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i, NULL, NULL)
     else:
         for i in prange(n, schedule="static", num_threads=min(<Py_ssize_t>n_threads, n)):
-            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i)
+            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i, NULL, NULL)
 
 
 # ---------------------------------------------------------------------------------------------
