@@ -60,9 +60,12 @@ def test_kernels_and_reference_export_the_same_norm_names():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", ODD_SHAPES + ((2, 1), (300, 70), (5, 2100)))
+@pytest.mark.parametrize("shape", ODD_SHAPES + ((2, 1), (300, 70), (5, 2100), (1000, 40),
+                                                  (40, 2100)))
 def test_compiled_matches_reference_and_is_bitwise_equal_for_any_thread_count(dtype, shape):
-    """(5, 2100): more features than one column block holds (MAX_COLS), a partial last one."""
+    """(5, 2100): more features than one column block holds (MAX_COLS), a partial last one.
+    (1000, 40), (40, 2100): batch-norm statistics from several row chunks (CHUNK_ELEMS), the
+    last one partial, merged with Chan's formula."""
     x, gamma, beta, dout = _problem(*shape, dtype)
     for a in (x, gamma, beta, dout):  # inputs are only read: read-only arrays work
         a.setflags(write=False)
@@ -104,10 +107,13 @@ def test_kernels_work_in_place():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer", ["batchnorm", "layernorm"])
-def test_large_mean_small_spread_keeps_its_digits(dtype, layer):
+@pytest.mark.parametrize("n", [64, 2000])
+def test_large_mean_small_spread_keeps_its_digits(dtype, layer, n):
     """Mean 1e4, std 1e-2: E[x^2] - E[x]^2 would cancel every digit (in float32 it is pure
-    rounding noise).  The oracle normalizes x - 1e4, which is exact (Sterbenz) and small."""
-    x, gamma, beta, dout = _problem(64, 48, dtype, loc=1e4, scale=1e-2)
+    rounding noise).  The oracle normalizes x - 1e4, which is exact (Sterbenz) and small.
+    n = 2000: batch norm merges several row chunks' statistics; the float32 output pass
+    centres x on the float64 mean split in two floats (a float32 mean alone is 5% of a std off)."""
+    x, gamma, beta, dout = _problem(n, 48, dtype, loc=1e4, scale=1e-2)
     shifted = x.astype(np.float64) - 1e4
     axis = 0 if layer == "batchnorm" else 1
     x_hat = (shifted - shifted.mean(axis, keepdims=True)) / np.sqrt(

@@ -85,6 +85,8 @@ cdef enum:
     MAX_COLS = 1024  # widest column block: its per-column accumulators live on the stack
     COL_ALIGN = 16   # column-block widths are multiples of this (whole SIMD vectors)
     LANES = 32       # independent partial sums per row (layer norm): 4 AVX-512 vectors
+    CHUNK_ELEMS = 32768  # batch-norm statistics chunk: about this many values (128 KiB float32)
+    MIN_CHUNK_ROWS = 16  # ... and at least this many rows (the merge costs O(D) per chunk)
 
 
 cdef inline void _split(double v, floating *hi, floating *lo) noexcept nogil:
@@ -134,9 +136,9 @@ cdef cloned_void _sqdev_cols(const floating *x, Py_ssize_t n, Py_ssize_t d, Py_s
 
 
 cdef cloned_void _affine_cols(const floating *x, floating *out, Py_ssize_t n, Py_ssize_t d,
-                              Py_ssize_t w, const double *mu, const double *scale,
-                              const floating *beta) noexcept nogil:
-    """out[i, j] := (x[i, j] - mu[j]) * scale[j] + beta[j], in double, rounded once."""
+                              Py_ssize_t w, const floating *hi, const floating *lo,
+                              const floating *scale, const floating *beta) noexcept nogil:
+    """out[i, j] := (x[i, j] - (hi[j] + lo[j])) * scale[j] + beta[j], in the dtype."""
     cdef Py_ssize_t i, j
     cdef const floating *row
     cdef floating *orow
@@ -144,7 +146,7 @@ cdef cloned_void _affine_cols(const floating *x, floating *out, Py_ssize_t n, Py
         row = x + i * d
         orow = out + i * d
         for j in range(w):
-            orow[j] = <floating>((row[j] - mu[j]) * scale[j] + beta[j])
+            orow[j] = _centered(row[j], hi[j], lo[j]) * scale[j] + beta[j]
 
 
 cdef cloned_void _grad_sums_cols(const floating *dout, const floating *x, Py_ssize_t n,
@@ -167,16 +169,14 @@ cdef cloned_void _grad_sums_cols(const floating *dout, const floating *x, Py_ssi
 
 
 cdef inline void _ln_param_sums_row(const floating *dout, const floating *x, Py_ssize_t w,
-                              double mu, double inv, double *sum_g,
-                              double *sum_gx) noexcept nogil:
+                                    double mu, double inv, double *sum_g,
+                                    double *sum_gx) noexcept nogil:
     """sum_g[j] += dout[j];  sum_gx[j] += dout[j] * x_hat[j] over w columns of one row with
-    the row's statistics (layer norm's dgamma / dbeta; x_hat as _ln_backward_row has it)."""
-    cdef floating hi, lo, s = <floating>inv
+    the row's statistics x_hat = (x - mu) * inv (layer norm's dgamma / dbeta)."""
     cdef Py_ssize_t j
-    _split(mu, &hi, &lo)
     for j in range(w):
         sum_g[j] += dout[j]
-        sum_gx[j] += <double>dout[j] * (_centered(x[j], hi, lo) * s)
+        sum_gx[j] += dout[j] * ((x[j] - mu) * inv)
 
 
 cdef cloned_void _grad_sums_cols_row_stats(const floating *dout, const floating *x,
@@ -222,30 +222,56 @@ cdef inline Py_ssize_t _block_width(Py_ssize_t d, int n_threads) noexcept nogil:
     return min(w, <Py_ssize_t>MAX_COLS)
 
 
+cdef inline Py_ssize_t _chunk_rows(Py_ssize_t d) noexcept nogil:
+    """Rows per statistics chunk: about CHUNK_ELEMS values, so a chunk's second pass reads
+    cache; a function of D alone, so the merge order does not depend on the threads."""
+    return max(<Py_ssize_t>MIN_CHUNK_ROWS, CHUNK_ELEMS // d)
+
+
 cdef void _bn_train_block(const floating *x, const floating *gamma, const floating *beta,
                           floating *out, double *mean, double *inv_std, floating *run_mean,
                           floating *run_var, Py_ssize_t n, Py_ssize_t d, Py_ssize_t j0,
                           Py_ssize_t width, double eps, double momentum,
                           double var_scale) noexcept nogil:
-    """Batch statistics, running averages and the normalised output of one column block."""
-    cdef Py_ssize_t w = min(width, d - j0), j
+    """Batch statistics, running averages and the normalised output of one column block.
+    Statistics: each chunk of rows two-pass (its second pass in cache), the chunks merged in
+    row order with Chan's formula (design d)."""
+    cdef Py_ssize_t w = min(width, d - j0), j, m, seen = 0, step = _chunk_rows(d)
     cdef double acc[MAX_COLS]
     cdef double mu[MAX_COLS]
-    cdef double scale[MAX_COLS]
-    cdef double var
-    _sum_cols(x + j0, n, d, w, acc)
+    cdef double m2[MAX_COLS]
+    cdef double chunk_mu[MAX_COLS]
+    cdef floating hi[MAX_COLS]
+    cdef floating lo[MAX_COLS]
+    cdef floating scale[MAX_COLS]
+    cdef double var, delta, share, cross
+    while seen < n:
+        m = min(step, n - seen)
+        _sum_cols(x + seen * d + j0, m, d, w, acc)
+        for j in range(w):
+            chunk_mu[j] = acc[j] / m
+        _sqdev_cols(x + seen * d + j0, m, d, w, chunk_mu, acc)
+        share = m / <double>(seen + m)       # the chunk's weight in the merged mean
+        cross = seen * share                 # seen * m / (seen + m)
+        for j in range(w):
+            if seen == 0:
+                mu[j] = chunk_mu[j]
+                m2[j] = acc[j]
+            else:
+                delta = chunk_mu[j] - mu[j]
+                mu[j] += delta * share
+                m2[j] += acc[j] + delta * delta * cross
+        seen += m
     for j in range(w):
-        mu[j] = acc[j] / n
-    _sqdev_cols(x + j0, n, d, w, mu, acc)
-    for j in range(w):
-        var = acc[j] / n
+        var = m2[j] / n
         mean[j0 + j] = mu[j]
         inv_std[j0 + j] = 1.0 / sqrt(var + eps)
-        scale[j] = gamma[j0 + j] * inv_std[j0 + j]
+        _split(mu[j], &hi[j], &lo[j])
+        scale[j] = <floating>(gamma[j0 + j] * inv_std[j0 + j])
         run_mean[j0 + j] = <floating>(momentum * run_mean[j0 + j] + (1.0 - momentum) * mu[j])
         run_var[j0 + j] = <floating>(momentum * run_var[j0 + j]
                                      + (1.0 - momentum) * (var * var_scale))
-    _affine_cols(x + j0, out + j0, n, d, w, mu, scale, beta + j0)
+    _affine_cols(x + j0, out + j0, n, d, w, hi, lo, scale, beta + j0)
 
 
 cdef void _bn_test_block(const floating *x, const floating *gamma, const floating *beta,
@@ -254,12 +280,12 @@ cdef void _bn_test_block(const floating *x, const floating *gamma, const floatin
                          double eps) noexcept nogil:
     """out = (x - running_mean) * gamma / sqrt(running_var + eps) + beta on one column block."""
     cdef Py_ssize_t w = min(width, d - j0), j
-    cdef double mu[MAX_COLS]
-    cdef double scale[MAX_COLS]
+    cdef floating lo[MAX_COLS]
+    cdef floating scale[MAX_COLS]
     for j in range(w):
-        mu[j] = run_mean[j0 + j]
-        scale[j] = gamma[j0 + j] / sqrt(<double>run_var[j0 + j] + eps)
-    _affine_cols(x + j0, out + j0, n, d, w, mu, scale, beta + j0)
+        lo[j] = 0
+        scale[j] = <floating>(gamma[j0 + j] / sqrt(<double>run_var[j0 + j] + eps))
+    _affine_cols(x + j0, out + j0, n, d, w, run_mean + j0, lo, scale, beta + j0)
 
 
 cdef void _bn_backward_block(const floating *dout, const floating *x, const floating *gamma,
@@ -370,28 +396,26 @@ cdef cloned_void _ln_backward_row(const floating *dout, const floating *x,
     dx += i * d
     if sum_g != NULL:
         _ln_param_sums_row(dout, x, d, mean[i], inv_std[i], sum_g, sum_gx)
-    cdef floating hi, lo, s = <floating>inv_std[i], g, xh, mg, mgx
+    cdef double mu = mean[i], inv = inv_std[i], g, xh
     cdef double acc_g[LANES]
     cdef double acc_gx[LANES]
     cdef Py_ssize_t b, k, j
-    _split(mean[i], &hi, &lo)
     _zero(acc_g)
     _zero(acc_gx)
     for b in range(d // LANES):
         for k in range(LANES):
             j = b * LANES + k
-            g = dout[j] * gamma[j]
+            g = <double>dout[j] * gamma[j]
             acc_g[k] += g
-            acc_gx[k] += <double>g * (_centered(x[j], hi, lo) * s)
+            acc_gx[k] += g * ((x[j] - mu) * inv)
     for j in range(d - d % LANES, d):
-        g = dout[j] * gamma[j]
+        g = <double>dout[j] * gamma[j]
         acc_g[j % LANES] += g
-        acc_gx[j % LANES] += <double>g * (_centered(x[j], hi, lo) * s)
-    mg = <floating>(_fold(acc_g) / d)
-    mgx = <floating>(_fold(acc_gx) / d)
+        acc_gx[j % LANES] += g * ((x[j] - mu) * inv)
+    cdef double mean_g = _fold(acc_g) / d, mean_gx = _fold(acc_gx) / d
     for j in range(d):
-        xh = _centered(x[j], hi, lo) * s
-        dx[j] = s * ((dout[j] * gamma[j] - mg) - xh * mgx)
+        xh = (x[j] - mu) * inv
+        dx[j] = <floating>(inv * (<double>dout[j] * gamma[j] - mean_g - xh * mean_gx))
 
 
 # ---------------------------------------------------------------------------------------------
