@@ -390,32 +390,56 @@ cdef cloned_void _ln_backward_row(const floating *dout, const floating *x,
                                   const double *inv_std, floating *dx, Py_ssize_t d,
                                   Py_ssize_t i, double *sum_g, double *sum_gx) noexcept nogil:
     """dx = inv * (g - mean(g) - x_hat * mean(g x_hat)) with g = dout * gamma, over one row;
-    first adds the row's terms to the column sums of dgamma / dbeta when sum_g is not NULL."""
+    also adds the row's terms to the column sums of dgamma / dbeta (_ln_param_sums_row's, in
+    the same arithmetic) when sum_g is not NULL, before dx is written.  A row of at most
+    MAX_COLS keeps its g and x_hat in double on the stack for the dx loop (the float-to-double
+    conversions are most of the work); a longer one recomputes them, to the same bits."""
     dout += i * d
     x += i * d
     dx += i * d
-    if sum_g != NULL:
-        _ln_param_sums_row(dout, x, d, mean[i], inv_std[i], sum_g, sum_gx)
-    cdef double mu = mean[i], inv = inv_std[i], g, xh
+    cdef double mu = mean[i], inv = inv_std[i], g, xh, gd
     cdef double acc_g[LANES]
     cdef double acc_gx[LANES]
+    cdef double g_row[MAX_COLS]
+    cdef double xh_row[MAX_COLS]
+    cdef bint keep = d <= MAX_COLS
     cdef Py_ssize_t b, k, j
     _zero(acc_g)
     _zero(acc_gx)
     for b in range(d // LANES):
         for k in range(LANES):
             j = b * LANES + k
-            g = <double>dout[j] * gamma[j]
+            gd = dout[j]
+            xh = (x[j] - mu) * inv
+            g = gd * gamma[j]
             acc_g[k] += g
-            acc_gx[k] += g * ((x[j] - mu) * inv)
+            acc_gx[k] += g * xh
+            if sum_g != NULL:
+                sum_g[j] += gd
+                sum_gx[j] += gd * xh
+            if keep:
+                g_row[j] = g
+                xh_row[j] = xh
     for j in range(d - d % LANES, d):
-        g = <double>dout[j] * gamma[j]
-        acc_g[j % LANES] += g
-        acc_gx[j % LANES] += g * ((x[j] - mu) * inv)
-    cdef double mean_g = _fold(acc_g) / d, mean_gx = _fold(acc_gx) / d
-    for j in range(d):
+        gd = dout[j]
         xh = (x[j] - mu) * inv
-        dx[j] = <floating>(inv * (<double>dout[j] * gamma[j] - mean_g - xh * mean_gx))
+        g = gd * gamma[j]
+        acc_g[j % LANES] += g
+        acc_gx[j % LANES] += g * xh
+        if sum_g != NULL:
+            sum_g[j] += gd
+            sum_gx[j] += gd * xh
+        if keep:
+            g_row[j] = g
+            xh_row[j] = xh
+    cdef double mean_g = _fold(acc_g) / d, mean_gx = _fold(acc_gx) / d
+    if keep:
+        for j in range(d):
+            dx[j] = <floating>(inv * (g_row[j] - mean_g - xh_row[j] * mean_gx))
+    else:
+        for j in range(d):
+            dx[j] = <floating>(inv * (<double>dout[j] * gamma[j] - mean_g
+                                      - ((x[j] - mu) * inv) * mean_gx))
 
 
 # ---------------------------------------------------------------------------------------------
