@@ -16,10 +16,11 @@ a. Layout and entry: x, out, dout, dx are 1-D C-contiguous ndarrays holding an (
    n_threads >= 1, all before the GIL is released and before anything is written.
 b. Who allocates: nobody.  Every output is passed in and overwritten; the running statistics
    of batch norm are read and written in place.  Scratch is on the stack: a few per-column
-   double accumulators per column block (at most MAX_COLS wide: 8 KiB each).  ``out`` may be
+   accumulators per column block (at most MAX_COLS wide: 8 KiB each in double), and in layer
+   norm's backward two MAX_COLS double rows (g and x_hat of the row at hand).  ``out`` may be
    ``x`` and ``dx`` may be ``x`` or ``dout`` (in place): every element is read for the last
-   time before it is written (layer norm's backward reduces dgamma / dbeta before its dx pass
-   for that reason).
+   time before it is written (layer norm's backward adds a row's dgamma / dbeta terms before
+   it writes that row's dx, or reduces them in a first region when threaded).
 c. Threads, and why results do not depend on them: every reduced value has exactly ONE owner
    that sums its terms in a fixed order.
    - Batch norm is parallel over column blocks: a block's thread walks all N rows in order,
@@ -29,10 +30,18 @@ c. Threads, and why results do not depend on them: every reduced value has exact
      Wide blocks matter: with 64-column blocks each pass over an (8192, 1024) float32 batch
      touched every 4 KiB row (page) 16 times, and batch-norm forward + backward took 377 ms on
      one thread; with whole-row blocks it took 71 ms (measured here, a loaded 2-core machine).
-   - Layer norm is parallel over rows: a row's thread sums it in LANES fixed lanes (element j
-     into lane j % LANES, folded in a fixed tree), so the loop has independent adds to
-     pipeline without reassociation (no -ffast-math).  Its dgamma / dbeta (sums over rows) run
-     as a second region, over column blocks as in batch norm, each column summed in row order.
+   - Batch-norm statistics are read once: the block's rows go in chunks of _chunk_rows(D)
+     (about CHUNK_ELEMS values, a function of D alone, never of the threads); each chunk is
+     summed, then its squared deviations from its own mean are summed while it is in cache,
+     and the chunks are merged in row order with Chan's formula (d).  Forward reads x twice
+     (statistics, output), not three times.
+   - Layer norm is parallel over rows: a row's thread sums it in LANES = 32 fixed lanes
+     (element j into lane j % LANES, folded in a fixed pairwise tree): four AVX-512 double
+     accumulators, so the adds pipeline instead of waiting on one another, with no
+     reassociation (no -ffast-math).  Its dgamma / dbeta (sums over rows, each column in row
+     order): with one thread (and D <= MAX_COLS) the dx row loop adds each row's terms as it
+     reads the row, so backward reads dout and x once; with more, a first region over column
+     blocks as in batch norm.  Both orders are the same, so are the bits.
    - The leaf loops are ``cloned_void`` (csrc/fastbp_math.h): built for AVX-512, AVX2 and the
      baseline, one picked at load time.  Vectorising over independent columns or fixed lanes
      reorders no sum and the build has no FMA contraction, so every clone gives the same bits.
@@ -42,11 +51,25 @@ c. Threads, and why results do not depend on them: every reduced value has exact
 d. Numerics:
    - Two-pass variance: the mean first, then the mean of squared deviations from it, both
      accumulated in double; never E[x^2] - E[x]^2, which cancels catastrophically for data with
-     a large mean (tested with mean 1e4, std 1e-2 in both dtypes).  Variance is biased (/N),
-     as the course and PyTorch normalise; eps is added INSIDE the square root.
-   - x_hat = (x - mean) * inv_std, the scale/shift and the backward formula are computed in
-     double and rounded once to the dtype; the backward recomputes x_hat from x, mean and
-     inv_std (no x_hat buffer is kept, so forward writes one array, not two).
+     a large mean (tested with mean 1e4, std 1e-2 in both dtypes).  Batch norm does the two
+     passes per row chunk and merges chunk (count, mean, M2) with Chan et al.'s update
+     mean += delta * m / (seen + m), M2 += M2_chunk + delta**2 * seen * m / (seen + m), which
+     is as stable as one two-pass.  Variance is biased (/N), as the course and PyTorch
+     normalise; eps is added INSIDE the square root.
+   - The forward output pass (train and test) runs in the dtype: float32 data is normalised
+     in float (twice the vector width of double, no conversions), which is exact enough
+     because the statistics are not rounded naively: the float64 mean is split into
+     hi + lo (_split: hi = mean rounded, lo = the rest rounded), x - hi is exact near a large
+     mean (Sterbenz) and (x - hi) - lo = x - mean to float rounding; a float32 mean alone is
+     off by up to 5e-4 near 1e4, 5% of a std of 1e-2 (the large-mean test fails without lo).
+     Then * inv_std (or gamma * inv_std), * gamma, + beta, each rounded in the dtype: within
+     a few float32 ulps of the double-then-round reference.  For float64, lo = 0 and the pass
+     is the double formula.
+   - The backward stays in double, rounded once to the dtype: dx cancels (g - mean(g) -
+     x_hat * mean(g x_hat) is small where its terms are not), so a float32 dx missed the
+     1e-6 tolerance by 1.5x on a 5-row batch (k = gamma * inv_std ~ 4); x_hat is recomputed
+     from x, mean and inv_std (no x_hat buffer is kept, so forward writes one array, not
+     two).
    - Backward in the compact one-pass form (per feature for batch norm, per row for layer norm,
      with g = dout for batch norm and g = dout * gamma for layer norm, M = N or D):
          dx = k * (g - mean(g) - x_hat * mean(g * x_hat)),  k = inv_std (* gamma for batch norm)
@@ -57,9 +80,9 @@ d. Numerics:
      fed to running_var is var * N / (N - 1) (PyTorch); normalisation always uses the biased
      one.  eps = 0 with a constant feature gives inv_std = inf, as the formula says.
 e. Not done: non-contiguous buffers, spatial (N, C, H, W) batch norm, group norm, fusion with
-   the preceding GEMM's epilogue or with the fused training step, a one-read statistics pass
-   (per-chunk two-pass statistics merged with Chan's formula would save one of batch norm
-   forward's three reads), a backward for test mode (the Python layers refuse it).  Batch norm
+   the preceding GEMM's epilogue or with the fused training step, a backward for test mode
+   (the Python layers refuse it), a float32 backward that is accurate enough (see d; it would
+   about halve the arithmetic), non-temporal stores for out / dx.  Batch norm
    with at most COL_ALIGN features is one block, so one thread.  Choosing n_threads (serial
    for small work) is the caller's policy (fastbp._config.threads_for).
 """
