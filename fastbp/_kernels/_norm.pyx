@@ -408,6 +408,25 @@ cdef cloned_void _ln_forward_row(const floating *x, const floating *gamma,
         out[j] = _centered(x[j], hi, lo) * s * gamma[j] + beta[j]
 
 
+cdef inline void _ln_backward_terms(const floating *dout, const floating *x,
+                                    const floating *gamma, Py_ssize_t j, Py_ssize_t lane,
+                                    double mu, double inv, double *acc_g, double *acc_gx,
+                                    double *sum_g, double *sum_gx, double *g_row,
+                                    double *xh_row) noexcept nogil:
+    """Element j of a layer-norm backward row: g = dout * gamma and g * x_hat into the row's
+    lane sums, dout and dout * x_hat into the column sums (if sum_g), g and x_hat kept for
+    the dx loop (if g_row)."""
+    cdef double gd = dout[j], xh = (x[j] - mu) * inv, g = gd * gamma[j]
+    acc_g[lane] += g
+    acc_gx[lane] += g * xh
+    if sum_g != NULL:
+        sum_g[j] += gd
+        sum_gx[j] += gd * xh
+    if g_row != NULL:
+        g_row[j] = g
+        xh_row[j] = xh
+
+
 cdef cloned_void _ln_backward_row(const floating *dout, const floating *x,
                                   const floating *gamma, const double *mean,
                                   const double *inv_std, floating *dx, Py_ssize_t d,
@@ -420,7 +439,7 @@ cdef cloned_void _ln_backward_row(const floating *dout, const floating *x,
     dout += i * d
     x += i * d
     dx += i * d
-    cdef double mu = mean[i], inv = inv_std[i], g, xh, gd
+    cdef double mu = mean[i], inv = inv_std[i]
     cdef double acc_g[LANES]
     cdef double acc_gx[LANES]
     cdef double g_row[MAX_COLS]
@@ -431,30 +450,11 @@ cdef cloned_void _ln_backward_row(const floating *dout, const floating *x,
     _zero(acc_gx)
     for b in range(d // LANES):
         for k in range(LANES):
-            j = b * LANES + k
-            gd = dout[j]
-            xh = (x[j] - mu) * inv
-            g = gd * gamma[j]
-            acc_g[k] += g
-            acc_gx[k] += g * xh
-            if sum_g != NULL:
-                sum_g[j] += gd
-                sum_gx[j] += gd * xh
-            if keep:
-                g_row[j] = g
-                xh_row[j] = xh
+            _ln_backward_terms(dout, x, gamma, b * LANES + k, k, mu, inv, acc_g, acc_gx, sum_g,
+                               sum_gx, g_row if keep else NULL, xh_row)
     for j in range(d - d % LANES, d):
-        gd = dout[j]
-        xh = (x[j] - mu) * inv
-        g = gd * gamma[j]
-        acc_g[j % LANES] += g
-        acc_gx[j % LANES] += g * xh
-        if sum_g != NULL:
-            sum_g[j] += gd
-            sum_gx[j] += gd * xh
-        if keep:
-            g_row[j] = g
-            xh_row[j] = xh
+        _ln_backward_terms(dout, x, gamma, j, j % LANES, mu, inv, acc_g, acc_gx, sum_g, sum_gx,
+                           g_row if keep else NULL, xh_row)
     cdef double mean_g = _fold(acc_g) / d, mean_gx = _fold(acc_gx) / d
     if keep:
         for j in range(d):
