@@ -84,20 +84,31 @@ def test_compiled_matches_reference_and_is_bitwise_equal_for_any_thread_count(dt
             np.testing.assert_array_equal(again[name], first[name], err_msg=f"{name} {n_threads}")
 
 
-def test_kernels_work_in_place():
-    """out may be x, dx may be dout (design b)."""
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_kernels_work_in_place(n_threads):
+    """out may be x, dx may be dout (design b); one thread takes layer norm's one-read
+    backward (dgamma / dbeta added row by row), two its two-region one."""
     x, gamma, beta, dout = _problem(33, 70, np.float64)
-    expected = _run_kernels(_kernels, x, gamma, beta, dout, 2)
+    expected = _run_kernels(_kernels, x, gamma, beta, dout, n_threads)
     buf = x.ravel().copy()
-    _kernels.layernorm_forward(buf, gamma, beta, buf, np.empty(33), np.empty(33), 1e-5, 2)
+    _kernels.layernorm_forward(buf, gamma, beta, buf, np.empty(33), np.empty(33), 1e-5,
+                               n_threads)
     np.testing.assert_array_equal(buf, expected["ln_out"])
+    buf = x.ravel().copy()
+    _kernels.batchnorm_forward_train(buf, gamma, beta, buf, np.empty(70), np.empty(70),
+                                     np.linspace(-1, 1, 70), np.linspace(0.5, 2, 70), 1e-5, 0.9,
+                                     True, n_threads)
+    np.testing.assert_array_equal(buf, expected["bn_out"])
     g = dout.ravel().copy()
+    dgamma, dbeta = np.empty(70), np.empty(70)
     _kernels.layernorm_backward(g, x.ravel(), gamma, expected["ln_mean"], expected["ln_inv"], g,
-                                np.empty(70), np.empty(70), 2)
+                                dgamma, dbeta, n_threads)
     np.testing.assert_array_equal(g, expected["ln_dx"])
+    np.testing.assert_array_equal(dgamma, expected["ln_dg"])
+    np.testing.assert_array_equal(dbeta, expected["ln_db"])
     g = dout.ravel().copy()
     _kernels.batchnorm_backward(g, x.ravel(), gamma, expected["bn_mean"], expected["bn_inv"], g,
-                                np.empty(70), np.empty(70), 2)
+                                np.empty(70), np.empty(70), n_threads)
     np.testing.assert_array_equal(g, expected["bn_dx"])
 
 
