@@ -60,9 +60,12 @@ def test_kernels_and_reference_export_the_same_norm_names():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", ODD_SHAPES + ((2, 1), (300, 70), (5, 2100)))
+@pytest.mark.parametrize("shape", ODD_SHAPES + ((2, 1), (300, 70), (5, 2100), (1000, 40),
+                                                  (40, 2100)))
 def test_compiled_matches_reference_and_is_bitwise_equal_for_any_thread_count(dtype, shape):
-    """(5, 2100): more features than one column block holds (MAX_COLS), a partial last one."""
+    """(5, 2100): more features than one column block holds (MAX_COLS), a partial last one.
+    (1000, 40), (40, 2100): batch-norm statistics from several row chunks (CHUNK_ELEMS), the
+    last one partial, merged with Chan's formula."""
     x, gamma, beta, dout = _problem(*shape, dtype)
     for a in (x, gamma, beta, dout):  # inputs are only read: read-only arrays work
         a.setflags(write=False)
@@ -81,20 +84,31 @@ def test_compiled_matches_reference_and_is_bitwise_equal_for_any_thread_count(dt
             np.testing.assert_array_equal(again[name], first[name], err_msg=f"{name} {n_threads}")
 
 
-def test_kernels_work_in_place():
-    """out may be x, dx may be dout (design b)."""
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_kernels_work_in_place(n_threads):
+    """out may be x, dx may be dout (design b); one thread takes layer norm's one-read
+    backward (dgamma / dbeta added row by row), two its two-region one."""
     x, gamma, beta, dout = _problem(33, 70, np.float64)
-    expected = _run_kernels(_kernels, x, gamma, beta, dout, 2)
+    expected = _run_kernels(_kernels, x, gamma, beta, dout, n_threads)
     buf = x.ravel().copy()
-    _kernels.layernorm_forward(buf, gamma, beta, buf, np.empty(33), np.empty(33), 1e-5, 2)
+    _kernels.layernorm_forward(buf, gamma, beta, buf, np.empty(33), np.empty(33), 1e-5,
+                               n_threads)
     np.testing.assert_array_equal(buf, expected["ln_out"])
+    buf = x.ravel().copy()
+    _kernels.batchnorm_forward_train(buf, gamma, beta, buf, np.empty(70), np.empty(70),
+                                     np.linspace(-1, 1, 70), np.linspace(0.5, 2, 70), 1e-5, 0.9,
+                                     True, n_threads)
+    np.testing.assert_array_equal(buf, expected["bn_out"])
     g = dout.ravel().copy()
+    dgamma, dbeta = np.empty(70), np.empty(70)
     _kernels.layernorm_backward(g, x.ravel(), gamma, expected["ln_mean"], expected["ln_inv"], g,
-                                np.empty(70), np.empty(70), 2)
+                                dgamma, dbeta, n_threads)
     np.testing.assert_array_equal(g, expected["ln_dx"])
+    np.testing.assert_array_equal(dgamma, expected["ln_dg"])
+    np.testing.assert_array_equal(dbeta, expected["ln_db"])
     g = dout.ravel().copy()
     _kernels.batchnorm_backward(g, x.ravel(), gamma, expected["bn_mean"], expected["bn_inv"], g,
-                                np.empty(70), np.empty(70), 2)
+                                np.empty(70), np.empty(70), n_threads)
     np.testing.assert_array_equal(g, expected["bn_dx"])
 
 
@@ -104,10 +118,13 @@ def test_kernels_work_in_place():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer", ["batchnorm", "layernorm"])
-def test_large_mean_small_spread_keeps_its_digits(dtype, layer):
+@pytest.mark.parametrize("n", [64, 2000])
+def test_large_mean_small_spread_keeps_its_digits(dtype, layer, n):
     """Mean 1e4, std 1e-2: E[x^2] - E[x]^2 would cancel every digit (in float32 it is pure
-    rounding noise).  The oracle normalizes x - 1e4, which is exact (Sterbenz) and small."""
-    x, gamma, beta, dout = _problem(64, 48, dtype, loc=1e4, scale=1e-2)
+    rounding noise).  The oracle normalizes x - 1e4, which is exact (Sterbenz) and small.
+    n = 2000: batch norm merges several row chunks' statistics; the float32 output pass
+    centres x on the float64 mean split in two floats (a float32 mean alone is 5% of a std off)."""
+    x, gamma, beta, dout = _problem(n, 48, dtype, loc=1e4, scale=1e-2)
     shifted = x.astype(np.float64) - 1e4
     axis = 0 if layer == "batchnorm" else 1
     x_hat = (shifted - shifted.mean(axis, keepdims=True)) / np.sqrt(

@@ -16,10 +16,11 @@ a. Layout and entry: x, out, dout, dx are 1-D C-contiguous ndarrays holding an (
    n_threads >= 1, all before the GIL is released and before anything is written.
 b. Who allocates: nobody.  Every output is passed in and overwritten; the running statistics
    of batch norm are read and written in place.  Scratch is on the stack: a few per-column
-   double accumulators per column block (at most MAX_COLS wide: 8 KiB each).  ``out`` may be
+   accumulators per column block (at most MAX_COLS wide: 8 KiB each in double), and in layer
+   norm's backward two MAX_COLS double rows (g and x_hat of the row at hand).  ``out`` may be
    ``x`` and ``dx`` may be ``x`` or ``dout`` (in place): every element is read for the last
-   time before it is written (layer norm's backward reduces dgamma / dbeta before its dx pass
-   for that reason).
+   time before it is written (layer norm's backward adds a row's dgamma / dbeta terms before
+   it writes that row's dx, or reduces them in a first region when threaded).
 c. Threads, and why results do not depend on them: every reduced value has exactly ONE owner
    that sums its terms in a fixed order.
    - Batch norm is parallel over column blocks: a block's thread walks all N rows in order,
@@ -29,10 +30,18 @@ c. Threads, and why results do not depend on them: every reduced value has exact
      Wide blocks matter: with 64-column blocks each pass over an (8192, 1024) float32 batch
      touched every 4 KiB row (page) 16 times, and batch-norm forward + backward took 377 ms on
      one thread; with whole-row blocks it took 71 ms (measured here, a loaded 2-core machine).
-   - Layer norm is parallel over rows: a row's thread sums it in LANES fixed lanes (element j
-     into lane j % LANES, folded in a fixed tree), so the loop has independent adds to
-     pipeline without reassociation (no -ffast-math).  Its dgamma / dbeta (sums over rows) run
-     as a second region, over column blocks as in batch norm, each column summed in row order.
+   - Batch-norm statistics are read once: the block's rows go in chunks of _chunk_rows(D)
+     (about CHUNK_ELEMS values, a function of D alone, never of the threads); each chunk is
+     summed, then its squared deviations from its own mean are summed while it is in cache,
+     and the chunks are merged in row order with Chan's formula (d).  Forward reads x twice
+     (statistics, output), not three times.
+   - Layer norm is parallel over rows: a row's thread sums it in LANES = 32 fixed lanes
+     (element j into lane j % LANES, folded in a fixed pairwise tree): four AVX-512 double
+     accumulators, so the adds pipeline instead of waiting on one another, with no
+     reassociation (no -ffast-math).  Its dgamma / dbeta (sums over rows, each column in row
+     order): with one thread (and D <= MAX_COLS) the dx row loop adds each row's terms as it
+     reads the row, so backward reads dout and x once; with more, a first region over column
+     blocks as in batch norm.  Both orders are the same, so are the bits.
    - The leaf loops are ``cloned_void`` (csrc/fastbp_math.h): built for AVX-512, AVX2 and the
      baseline, one picked at load time.  Vectorising over independent columns or fixed lanes
      reorders no sum and the build has no FMA contraction, so every clone gives the same bits.
@@ -42,11 +51,25 @@ c. Threads, and why results do not depend on them: every reduced value has exact
 d. Numerics:
    - Two-pass variance: the mean first, then the mean of squared deviations from it, both
      accumulated in double; never E[x^2] - E[x]^2, which cancels catastrophically for data with
-     a large mean (tested with mean 1e4, std 1e-2 in both dtypes).  Variance is biased (/N),
-     as the course and PyTorch normalise; eps is added INSIDE the square root.
-   - x_hat = (x - mean) * inv_std, the scale/shift and the backward formula are computed in
-     double and rounded once to the dtype; the backward recomputes x_hat from x, mean and
-     inv_std (no x_hat buffer is kept, so forward writes one array, not two).
+     a large mean (tested with mean 1e4, std 1e-2 in both dtypes).  Batch norm does the two
+     passes per row chunk and merges chunk (count, mean, M2) with Chan et al.'s update
+     mean += delta * m / (seen + m), M2 += M2_chunk + delta**2 * seen * m / (seen + m), which
+     is as stable as one two-pass.  Variance is biased (/N), as the course and PyTorch
+     normalise; eps is added INSIDE the square root.
+   - The forward output pass (train and test) runs in the dtype: float32 data is normalised
+     in float (twice the vector width of double, no conversions), which is exact enough
+     because the statistics are not rounded naively: the float64 mean is split into
+     hi + lo (_split: hi = mean rounded, lo = the rest rounded), x - hi is exact near a large
+     mean (Sterbenz) and (x - hi) - lo = x - mean to float rounding; a float32 mean alone is
+     off by up to 5e-4 near 1e4, 5% of a std of 1e-2 (the large-mean test fails without lo).
+     Then * inv_std (or gamma * inv_std), * gamma, + beta, each rounded in the dtype: within
+     a few float32 ulps of the double-then-round reference.  For float64, lo = 0 and the pass
+     is the double formula.
+   - The backward stays in double, rounded once to the dtype: dx cancels (g - mean(g) -
+     x_hat * mean(g x_hat) is small where its terms are not), so a float32 dx missed the
+     1e-6 tolerance by 1.5x on a 5-row batch (k = gamma * inv_std ~ 4); x_hat is recomputed
+     from x, mean and inv_std (no x_hat buffer is kept, so forward writes one array, not
+     two).
    - Backward in the compact one-pass form (per feature for batch norm, per row for layer norm,
      with g = dout for batch norm and g = dout * gamma for layer norm, M = N or D):
          dx = k * (g - mean(g) - x_hat * mean(g * x_hat)),  k = inv_std (* gamma for batch norm)
@@ -57,9 +80,9 @@ d. Numerics:
      fed to running_var is var * N / (N - 1) (PyTorch); normalisation always uses the biased
      one.  eps = 0 with a constant feature gives inv_std = inf, as the formula says.
 e. Not done: non-contiguous buffers, spatial (N, C, H, W) batch norm, group norm, fusion with
-   the preceding GEMM's epilogue or with the fused training step, a one-read statistics pass
-   (per-chunk two-pass statistics merged with Chan's formula would save one of batch norm
-   forward's three reads), a backward for test mode (the Python layers refuse it).  Batch norm
+   the preceding GEMM's epilogue or with the fused training step, a backward for test mode
+   (the Python layers refuse it), a float32 backward that is accurate enough (see d; it would
+   about halve the arithmetic), non-temporal stores for out / dx.  Batch norm
    with at most COL_ALIGN features is one block, so one thread.  Choosing n_threads (serial
    for small work) is the caller's policy (fastbp._config.threads_for).
 """
@@ -84,7 +107,21 @@ __all__ = [
 cdef enum:
     MAX_COLS = 1024  # widest column block: its per-column accumulators live on the stack
     COL_ALIGN = 16   # column-block widths are multiples of this (whole SIMD vectors)
-    LANES = 8        # independent partial sums per row (layer norm)
+    LANES = 32       # independent partial sums per row (layer norm): 4 AVX-512 vectors
+    CHUNK_ELEMS = 32768  # batch-norm statistics chunk: about this many values (128 KiB float32)
+    MIN_CHUNK_ROWS = 16  # ... and at least this many rows (the merge costs O(D) per chunk)
+
+
+cdef inline void _split(double v, floating *hi, floating *lo) noexcept nogil:
+    """v ~ hi + lo to about twice the dtype's precision: hi is v rounded to the dtype, lo the
+    rest rounded (exactly 0 for float64), so (x - hi) - lo centres x in the dtype (design d)."""
+    hi[0] = <floating>v
+    lo[0] = <floating>(v - hi[0])
+
+
+cdef inline floating _centered(floating x, floating hi, floating lo) noexcept nogil:
+    """x - (hi + lo) in the dtype: x - hi is exact near a large mean (Sterbenz)."""
+    return (x - hi) - lo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,9 +159,9 @@ cdef cloned_void _sqdev_cols(const floating *x, Py_ssize_t n, Py_ssize_t d, Py_s
 
 
 cdef cloned_void _affine_cols(const floating *x, floating *out, Py_ssize_t n, Py_ssize_t d,
-                              Py_ssize_t w, const double *mu, const double *scale,
-                              const floating *beta) noexcept nogil:
-    """out[i, j] := (x[i, j] - mu[j]) * scale[j] + beta[j], in double, rounded once."""
+                              Py_ssize_t w, const floating *hi, const floating *lo,
+                              const floating *scale, const floating *beta) noexcept nogil:
+    """out[i, j] := (x[i, j] - (hi[j] + lo[j])) * scale[j] + beta[j], in the dtype."""
     cdef Py_ssize_t i, j
     cdef const floating *row
     cdef floating *orow
@@ -132,7 +169,7 @@ cdef cloned_void _affine_cols(const floating *x, floating *out, Py_ssize_t n, Py
         row = x + i * d
         orow = out + i * d
         for j in range(w):
-            orow[j] = <floating>((row[j] - mu[j]) * scale[j] + beta[j])
+            orow[j] = _centered(row[j], hi[j], lo[j]) * scale[j] + beta[j]
 
 
 cdef cloned_void _grad_sums_cols(const floating *dout, const floating *x, Py_ssize_t n,
@@ -154,27 +191,28 @@ cdef cloned_void _grad_sums_cols(const floating *dout, const floating *x, Py_ssi
             sum_gx[j] += grow[j] * ((row[j] - mu[j]) * inv[j])
 
 
+cdef inline void _ln_param_sums_row(const floating *dout, const floating *x, Py_ssize_t w,
+                                    double mu, double inv, double *sum_g,
+                                    double *sum_gx) noexcept nogil:
+    """sum_g[j] += dout[j];  sum_gx[j] += dout[j] * x_hat[j] over w columns of one row with
+    the row's statistics x_hat = (x - mu) * inv (layer norm's dgamma / dbeta)."""
+    cdef Py_ssize_t j
+    for j in range(w):
+        sum_g[j] += dout[j]
+        sum_gx[j] += dout[j] * ((x[j] - mu) * inv)
+
+
 cdef cloned_void _grad_sums_cols_row_stats(const floating *dout, const floating *x,
                                            Py_ssize_t n, Py_ssize_t d, Py_ssize_t w,
                                            const double *mean, const double *inv_std,
                                            double *sum_g, double *sum_gx) noexcept nogil:
-    """As _grad_sums_cols, with the row statistics x_hat = (x - mean[i]) * inv_std[i] (layer
-    norm)."""
+    """As _grad_sums_cols, with the row statistics of layer norm (_ln_param_sums_row)."""
     cdef Py_ssize_t i, j
-    cdef const floating *row
-    cdef const floating *grow
-    cdef double mu, inv
     for j in range(w):
         sum_g[j] = 0
         sum_gx[j] = 0
     for i in range(n):
-        row = x + i * d
-        grow = dout + i * d
-        mu = mean[i]
-        inv = inv_std[i]
-        for j in range(w):
-            sum_g[j] += grow[j]
-            sum_gx[j] += grow[j] * ((row[j] - mu) * inv)
+        _ln_param_sums_row(dout + i * d, x + i * d, w, mean[i], inv_std[i], sum_g, sum_gx)
 
 
 cdef cloned_void _bn_dx_cols(const floating *dout, const floating *x, floating *dx,
@@ -207,30 +245,56 @@ cdef inline Py_ssize_t _block_width(Py_ssize_t d, int n_threads) noexcept nogil:
     return min(w, <Py_ssize_t>MAX_COLS)
 
 
+cdef inline Py_ssize_t _chunk_rows(Py_ssize_t d) noexcept nogil:
+    """Rows per statistics chunk: about CHUNK_ELEMS values, so a chunk's second pass reads
+    cache; a function of D alone, so the merge order does not depend on the threads."""
+    return max(<Py_ssize_t>MIN_CHUNK_ROWS, CHUNK_ELEMS // d)
+
+
 cdef void _bn_train_block(const floating *x, const floating *gamma, const floating *beta,
                           floating *out, double *mean, double *inv_std, floating *run_mean,
                           floating *run_var, Py_ssize_t n, Py_ssize_t d, Py_ssize_t j0,
                           Py_ssize_t width, double eps, double momentum,
                           double var_scale) noexcept nogil:
-    """Batch statistics, running averages and the normalised output of one column block."""
-    cdef Py_ssize_t w = min(width, d - j0), j
+    """Batch statistics, running averages and the normalised output of one column block.
+    Statistics: each chunk of rows two-pass (its second pass in cache), the chunks merged in
+    row order with Chan's formula (design d)."""
+    cdef Py_ssize_t w = min(width, d - j0), j, m, seen = 0, step = _chunk_rows(d)
     cdef double acc[MAX_COLS]
     cdef double mu[MAX_COLS]
-    cdef double scale[MAX_COLS]
-    cdef double var
-    _sum_cols(x + j0, n, d, w, acc)
+    cdef double m2[MAX_COLS]
+    cdef double chunk_mu[MAX_COLS]
+    cdef floating hi[MAX_COLS]
+    cdef floating lo[MAX_COLS]
+    cdef floating scale[MAX_COLS]
+    cdef double var, delta, share, cross
+    while seen < n:
+        m = min(step, n - seen)
+        _sum_cols(x + seen * d + j0, m, d, w, acc)
+        for j in range(w):
+            chunk_mu[j] = acc[j] / m
+        _sqdev_cols(x + seen * d + j0, m, d, w, chunk_mu, acc)
+        share = m / <double>(seen + m)       # the chunk's weight in the merged mean
+        cross = seen * share                 # seen * m / (seen + m)
+        for j in range(w):
+            if seen == 0:
+                mu[j] = chunk_mu[j]
+                m2[j] = acc[j]
+            else:
+                delta = chunk_mu[j] - mu[j]
+                mu[j] += delta * share
+                m2[j] += acc[j] + delta * delta * cross
+        seen += m
     for j in range(w):
-        mu[j] = acc[j] / n
-    _sqdev_cols(x + j0, n, d, w, mu, acc)
-    for j in range(w):
-        var = acc[j] / n
+        var = m2[j] / n
         mean[j0 + j] = mu[j]
         inv_std[j0 + j] = 1.0 / sqrt(var + eps)
-        scale[j] = gamma[j0 + j] * inv_std[j0 + j]
+        _split(mu[j], &hi[j], &lo[j])
+        scale[j] = <floating>(gamma[j0 + j] * inv_std[j0 + j])
         run_mean[j0 + j] = <floating>(momentum * run_mean[j0 + j] + (1.0 - momentum) * mu[j])
         run_var[j0 + j] = <floating>(momentum * run_var[j0 + j]
                                      + (1.0 - momentum) * (var * var_scale))
-    _affine_cols(x + j0, out + j0, n, d, w, mu, scale, beta + j0)
+    _affine_cols(x + j0, out + j0, n, d, w, hi, lo, scale, beta + j0)
 
 
 cdef void _bn_test_block(const floating *x, const floating *gamma, const floating *beta,
@@ -239,12 +303,12 @@ cdef void _bn_test_block(const floating *x, const floating *gamma, const floatin
                          double eps) noexcept nogil:
     """out = (x - running_mean) * gamma / sqrt(running_var + eps) + beta on one column block."""
     cdef Py_ssize_t w = min(width, d - j0), j
-    cdef double mu[MAX_COLS]
-    cdef double scale[MAX_COLS]
+    cdef floating lo[MAX_COLS]
+    cdef floating scale[MAX_COLS]
     for j in range(w):
-        mu[j] = run_mean[j0 + j]
-        scale[j] = gamma[j0 + j] / sqrt(<double>run_var[j0 + j] + eps)
-    _affine_cols(x + j0, out + j0, n, d, w, mu, scale, beta + j0)
+        lo[j] = 0
+        scale[j] = <floating>(gamma[j0 + j] / sqrt(<double>run_var[j0 + j] + eps))
+    _affine_cols(x + j0, out + j0, n, d, w, run_mean + j0, lo, scale, beta + j0)
 
 
 cdef void _bn_backward_block(const floating *dout, const floating *x, const floating *gamma,
@@ -283,8 +347,14 @@ cdef void _ln_param_grads_block(const floating *dout, const floating *x, const d
 # ---------------------------------------------------------------------------------------------
 # Rows (layer norm): LANES fixed partial sums per row, folded in a fixed tree (design c)
 
-cdef inline double _fold(const double *acc) noexcept nogil:
-    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+cdef inline double _fold(double *acc) noexcept nogil:
+    """acc[0] + ... + acc[LANES - 1] in a fixed pairwise tree (acc is overwritten)."""
+    cdef Py_ssize_t h = LANES // 2, k
+    while h:
+        for k in range(h):
+            acc[k] += acc[k + h]
+        h //= 2
+    return acc[0]
 
 
 cdef inline void _zero(double *acc) noexcept nogil:
@@ -329,41 +399,70 @@ cdef cloned_void _ln_forward_row(const floating *x, const floating *gamma,
     out += i * d
     cdef double mu = _row_mean(x, d)
     cdef double inv = 1.0 / sqrt(_row_var(x, d, mu) + eps)
+    cdef floating hi, lo, s = <floating>inv
     cdef Py_ssize_t j
+    _split(mu, &hi, &lo)
     mean[i] = mu
     inv_std[i] = inv
     for j in range(d):
-        out[j] = <floating>(((x[j] - mu) * inv) * gamma[j] + beta[j])
+        out[j] = _centered(x[j], hi, lo) * s * gamma[j] + beta[j]
+
+
+cdef inline void _ln_backward_terms(const floating *dout, const floating *x,
+                                    const floating *gamma, Py_ssize_t j, Py_ssize_t lane,
+                                    double mu, double inv, double *acc_g, double *acc_gx,
+                                    double *sum_g, double *sum_gx, double *g_row,
+                                    double *xh_row) noexcept nogil:
+    """Element j of a layer-norm backward row: g = dout * gamma and g * x_hat into the row's
+    lane sums, dout and dout * x_hat into the column sums (if sum_g), g and x_hat kept for
+    the dx loop (if g_row)."""
+    cdef double gd = dout[j], xh = (x[j] - mu) * inv, g = gd * gamma[j]
+    acc_g[lane] += g
+    acc_gx[lane] += g * xh
+    if sum_g != NULL:
+        sum_g[j] += gd
+        sum_gx[j] += gd * xh
+    if g_row != NULL:
+        g_row[j] = g
+        xh_row[j] = xh
 
 
 cdef cloned_void _ln_backward_row(const floating *dout, const floating *x,
                                   const floating *gamma, const double *mean,
                                   const double *inv_std, floating *dx, Py_ssize_t d,
-                                  Py_ssize_t i) noexcept nogil:
-    """dx = inv * (g - mean(g) - x_hat * mean(g x_hat)) with g = dout * gamma, over one row."""
+                                  Py_ssize_t i, double *sum_g, double *sum_gx) noexcept nogil:
+    """dx = inv * (g - mean(g) - x_hat * mean(g x_hat)) with g = dout * gamma, over one row;
+    also adds the row's terms to the column sums of dgamma / dbeta (_ln_param_sums_row's, in
+    the same arithmetic) when sum_g is not NULL, before dx is written.  A row of at most
+    MAX_COLS keeps its g and x_hat in double on the stack for the dx loop (the float-to-double
+    conversions are most of the work); a longer one recomputes them, to the same bits."""
     dout += i * d
     x += i * d
     dx += i * d
-    cdef double mu = mean[i], inv = inv_std[i], g, xh
+    cdef double mu = mean[i], inv = inv_std[i]
     cdef double acc_g[LANES]
     cdef double acc_gx[LANES]
+    cdef double g_row[MAX_COLS]
+    cdef double xh_row[MAX_COLS]
+    cdef bint keep = d <= MAX_COLS
     cdef Py_ssize_t b, k, j
     _zero(acc_g)
     _zero(acc_gx)
     for b in range(d // LANES):
         for k in range(LANES):
-            j = b * LANES + k
-            g = <double>dout[j] * gamma[j]
-            acc_g[k] += g
-            acc_gx[k] += g * ((x[j] - mu) * inv)
+            _ln_backward_terms(dout, x, gamma, b * LANES + k, k, mu, inv, acc_g, acc_gx, sum_g,
+                               sum_gx, g_row if keep else NULL, xh_row)
     for j in range(d - d % LANES, d):
-        g = <double>dout[j] * gamma[j]
-        acc_g[j % LANES] += g
-        acc_gx[j % LANES] += g * ((x[j] - mu) * inv)
+        _ln_backward_terms(dout, x, gamma, j, j % LANES, mu, inv, acc_g, acc_gx, sum_g, sum_gx,
+                           g_row if keep else NULL, xh_row)
     cdef double mean_g = _fold(acc_g) / d, mean_gx = _fold(acc_gx) / d
-    for j in range(d):
-        xh = (x[j] - mu) * inv
-        dx[j] = <floating>(inv * (<double>dout[j] * gamma[j] - mean_g - xh * mean_gx))
+    if keep:
+        for j in range(d):
+            dx[j] = <floating>(inv * (g_row[j] - mean_g - xh_row[j] * mean_gx))
+    else:
+        for j in range(d):
+            dx[j] = <floating>(inv * (<double>dout[j] * gamma[j] - mean_g
+                                      - ((x[j] - mu) * inv) * mean_gx))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +528,21 @@ cdef void _ln_backward(const floating *dout, const floating *x, const floating *
                        const double *mean, const double *inv_std, floating *dx,
                        floating *dgamma, floating *dbeta, Py_ssize_t n, Py_ssize_t d,
                        int n_threads) noexcept nogil:
-    cdef Py_ssize_t i, blk, width = _block_width(d, n_threads), nb = (d + width - 1) // width
+    cdef Py_ssize_t i, j, blk, width = _block_width(d, n_threads), nb = (d + width - 1) // width
+    cdef double sum_g[MAX_COLS]
+    cdef double sum_gx[MAX_COLS]
+    if n_threads <= 1 and d <= MAX_COLS:
+        # one read: each row adds to dgamma / dbeta (in row order, as the column blocks do)
+        # before its dx is written
+        for j in range(d):
+            sum_g[j] = 0
+            sum_gx[j] = 0
+        for i in range(n):
+            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i, sum_g, sum_gx)
+        for j in range(d):
+            dbeta[j] = <floating>sum_g[j]
+            dgamma[j] = <floating>sum_gx[j]
+        return
     # dgamma / dbeta first: they read every row, which the dx pass may overwrite (in place)
     if n_threads <= 1 or nb == 1:
         for blk in range(nb):
@@ -441,10 +554,10 @@ cdef void _ln_backward(const floating *dout, const floating *x, const floating *
                                   width)
     if n_threads <= 1 or n == 1:
         for i in range(n):
-            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i)
+            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i, NULL, NULL)
     else:
         for i in prange(n, schedule="static", num_threads=min(<Py_ssize_t>n_threads, n)):
-            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i)
+            _ln_backward_row(dout, x, gamma, mean, inv_std, dx, d, i, NULL, NULL)
 
 
 # ---------------------------------------------------------------------------------------------
