@@ -11,7 +11,8 @@ b. Errors.  Every option value is converted and range-checked by its ``type=`` f
    missing directory or file, a model that does not fit the data, an optional extra that is not
    installed, an unwritable output) raise :class:`CommandError`: exit 1.  Both print one line,
    ``fastbp: error: ...``, on stderr, with no traceback; so does a MemoryError (a network too
-   large for this machine), exit 1; any other exception is a bug and keeps its traceback.  Ctrl-C prints ``fastbp: interrupted`` and exits 130.
+   large for this machine), exit 1; any other exception is a bug and keeps its traceback.
+   Ctrl-C prints ``fastbp: interrupted`` and exits 130.
 c. Data sets are a pure function of the ``--data`` spec: the spirals are drawn and every split
    is made with the fixed :data:`SPLIT_SEED` (stratified), so ``evaluate`` and ``predict`` see
    exactly the test split that ``train`` reported, and ``--seed`` changes only the initial
