@@ -17,23 +17,28 @@ c. Every problem with the file's contents raises ``ValueError("<file>: <what is 
 
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 
 import numpy as np
 
-__all__ = ["read_arrays"]
+__all__ = ["read_arrays", "source_name"]
 
 #: Largest ``.npy`` header accepted (NumPy's own default limit for untrusted files).
 MAX_HEADER_SIZE = 10_000
 #: dtype kinds an archive may hold: booleans, integers, floats, strings (never objects).
 _KINDS = "biufU"
-#: what a corrupted member can raise while it is decompressed and parsed
+#: what a zip directory that is not one can raise when it is opened (found by fuzz/)
+_NOT_A_ZIP = (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError)
+#: what a corrupted member can raise while it is decompressed and its header parsed (NumPy's
+#: header parser tokenizes it: a broken header can raise tokenize.TokenError, found by fuzz/)
 _CORRUPT = (ValueError, SyntaxError, RecursionError, EOFError, OSError, zipfile.BadZipFile,
-            zlib.error, NotImplementedError, RuntimeError)
+            zlib.error, NotImplementedError, RuntimeError, tokenize.TokenError)
 
 
-def _name(source):
+def source_name(source):
+    """How error messages name `source`: the path, or the file object's repr."""
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else repr(source)
 
 
@@ -59,10 +64,10 @@ def read_arrays(source):
         or string dtype whose header agrees with its size (truncated, corrupted, pickled data,
         duplicate names).  The message starts with the file's name.
     """
-    name = _name(source)
+    name = source_name(source)
     try:
         archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+    except _NOT_A_ZIP as e:
         raise ValueError(f"{name}: not an .npz file (not a zip archive: {e})") from None
     arrays = {}
     with archive:

@@ -21,7 +21,6 @@ Design
 """
 
 import math
-import os
 from types import MappingProxyType
 
 import numpy as np
@@ -29,7 +28,7 @@ import numpy as np
 from . import _validation as val
 from ._config import threads_for
 from ._fused_step import fused_train_step, fusion_plan
-from ._npz import read_arrays
+from ._npz import read_arrays, source_name
 from .backend import kernels
 
 __all__ = [
@@ -159,7 +158,7 @@ class Module:
         try:
             self.load_state_dict(state)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{os.fspath(path)}: {e}") from None
+            raise ValueError(f"{source_name(path)}: {e}") from None
         return self
 
 
