@@ -170,10 +170,11 @@ EDITS = [_swap_activation, _set_alpha, _remove_activation, _insert_square_layer,
 
 
 def _run(data, changes):
+    """Train both networks for a few steps, applying a drawn change before every later step."""
     (fused, opt_f, loss_f), (plain, opt_p, loss_p) = _pair(data)
     dtype = fused.dtype
     rtol, atol = TOLERANCE[dtype]
-    steps = data.draw(st.integers(1, 4), "steps")
+    steps = data.draw(st.integers(2 if changes else 1, 4), "steps")
     for step in range(steps):
         if step and changes:
             data.draw(st.sampled_from(changes), "change")(data, (fused, plain), (opt_f, opt_p))
@@ -202,7 +203,7 @@ def test_fused_step_equals_unfused_after_rebinding(data):
 
 
 @pytest.mark.xfail(strict=True, reason="stale fused plan: fixed by the house branch")
-@SETTINGS
+@settings(SETTINGS, max_examples=60, derandomize=True)  # strict xfail: the same examples always
 @given(data=st.data())
 def test_fused_step_equals_unfused_after_editing_the_layers(data):
     _run(data, EDITS)
