@@ -20,9 +20,11 @@ Input formats (kept simple so the seeds are real files and mutations reach deep 
 * ``cli_parser``: the arguments, separated by NUL bytes.
 """
 
+import atexit
 import contextlib
 import io
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -40,6 +42,7 @@ from fastbp.io import META_KEY, load_model
 SEP = b"\n@@\n"
 _SCRATCH = tempfile.mkdtemp(prefix="fastbp-fuzz-",
                             dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 
 
 class Target(NamedTuple):
