@@ -15,7 +15,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from fastbp import cli, nn
+import fastbp
+from fastbp import _config, cli, nn
 from fastbp.io import META_KEY, load_model, save_model
 
 # ------------------------------------------------------------------------ archive builders
@@ -294,3 +295,21 @@ def test_predict_on_an_empty_batch(dtype):
     assert proba.shape == (0, 3) and proba.dtype == dtype
     labels = model.predict(np.empty((0, 5)))
     assert labels.shape == (0,) and labels.dtype == np.int64
+
+
+# ------------------------------------------------------------------------------------ threads
+
+
+def test_set_num_threads_caps_the_blas_pool_too():
+    """Found by the Python 3.10 CI stage: set_num_threads(10_000) gave OpenBLAS 64 workers on
+    2 cores, and OpenBLAS 0.3.28 then crashed under concurrent callers."""
+    from threadpoolctl import threadpool_info
+
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    try:
+        fastbp.set_num_threads(10_000)
+        pools = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        assert pools and max(pools) <= _config.USABLE_CORES
+    finally:
+        fastbp.set_num_threads(max(before) if before else None)
+        fastbp.set_num_threads(None)
