@@ -170,7 +170,7 @@ def load_model(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: model file not found")
-    if not zipfile.is_zipfile(path):
+    if not _is_zip(path):
         raise ValueError(f"{path}: not an .npz model file (not a zip archive)")
     arrays = read_arrays(path)
     if META_KEY not in arrays:
@@ -187,6 +187,14 @@ def load_model(path):
         raise ValueError(f"{path}: the parameters or metadata do not describe a valid MLP "
                          f"({type(e).__name__}: {e})") from None
     return model, meta
+
+
+def _is_zip(path):
+    """zipfile.is_zipfile, which itself raises BadZipFile on some broken end records (fuzz/)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:
+        return False
 
 
 #: architecture key -> (the JSON type it must have, what to call it in an error)

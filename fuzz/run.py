@@ -61,7 +61,9 @@ def _fuzz_all(seconds, artifacts):
                   flush=True)
             if done.returncode:
                 failed.append(name)
-                print(log[-6000:], flush=True)
+                # the finding, without libFuzzer's progress lines
+                print("\n".join(line for line in log.splitlines()
+                                if not line.startswith(("#", "INFO:")))[-8000:], flush=True)
     if failed:
         print(f"fuzz: findings in {failed}; crash inputs are in {artifacts}/", flush=True)
     return 1 if failed else 0
