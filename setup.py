@@ -10,6 +10,9 @@ Environment switches:
   working OpenMP.
 * ``FASTBP_DEBUG_CYTHON=1`` -- turn Cython bounds checking (and initialised-view checking) back on,
   for one test run under guard; never for a release build.
+* ``FASTBP_SANITIZE=1`` -- build the kernels with AddressSanitizer + UndefinedBehaviorSanitizer
+  (gcc/clang), for the sanitizer test run of ``.ci/run``; never for a release build.  Python is
+  not instrumented, so run it with the ASan runtime preloaded (see ``.ci/run``).
 
 Never ``-ffast-math`` (it flushes denormals for the whole process) and never ``-march=native``
 (wheels run on other CPUs).
@@ -95,8 +98,8 @@ class BuildExt(build_ext):
             omp_c, omp_l = [], []
         base = ["/O2"] if ctype == "msvc" else ["-O3", "-std=c99", *SAFE_VECTORISING]
         for ext in self.extensions:
-            ext.extra_compile_args = base + omp_c
-            ext.extra_link_args = omp_l
+            ext.extra_compile_args = base + omp_c + SANITIZE
+            ext.extra_link_args = omp_l + SANITIZE
         super().build_extensions()
 
 
@@ -107,6 +110,9 @@ class BuildExt(build_ext):
 SAFE_VECTORISING = ["-fno-math-errno", "-fno-trapping-math"]
 
 DEBUG = _flag("FASTBP_DEBUG_CYTHON")
+# -O1 (after -O3, so it wins) keeps the reports' stack traces exact; every UB report is fatal.
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer", "-O1"] if _flag("FASTBP_SANITIZE") else []
 DIRECTIVES = {
     "language_level": 3,
     "boundscheck": DEBUG,

@@ -60,8 +60,9 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int or None
-        Threads to use (>= 1).  ``None`` returns fastbp to the default (what OpenMP reports
-        at call time); the BLAS pool is then left as it is.
+        Threads to use (>= 1; capped at the usable cores, for fastbp and for the BLAS pool).
+        ``None`` returns fastbp to the default (what OpenMP reports at call time); the BLAS
+        pool is then left as it is.
 
     Raises
     ------
@@ -81,7 +82,10 @@ def set_num_threads(n):
     _user_threads = int(n)
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=int(n), user_api="blas")
+    # capped like fastbp's own count: OpenBLAS 0.3.28/0.3.29 (NumPy 2.2, SciPy 1.15, the
+    # builds for Python 3.10) crashed when several Python threads called it with 64 workers
+    # on 2 cores (found by the python-versions CI stage)
+    threadpool_limits(limits=min(int(n), USABLE_CORES), user_api="blas")
 
 
 def threads_for(work):

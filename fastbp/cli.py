@@ -10,8 +10,9 @@ b. Errors.  Every option value is converted and range-checked by its ``type=`` f
    bad value is an argparse usage error: exit 2.  Failures the user can fix at run time (a
    missing directory or file, a model that does not fit the data, an optional extra that is not
    installed, an unwritable output) raise :class:`CommandError`: exit 1.  Both print one line,
-   ``fastbp: error: ...``, on stderr, with no traceback; any other exception is a bug and keeps
-   its traceback.  Ctrl-C prints ``fastbp: interrupted`` and exits 130.
+   ``fastbp: error: ...``, on stderr, with no traceback; so does a MemoryError (a network too
+   large for this machine), exit 1; any other exception is a bug and keeps its traceback.
+   Ctrl-C prints ``fastbp: interrupted`` and exits 130.
 c. Data sets are a pure function of the ``--data`` spec (fastbp.data.load_dataset: every
    split stratified with the fixed ``SPLIT_SEED``), so ``evaluate`` and ``predict`` see exactly
    the test split that ``train`` reported, and ``--seed`` changes only the initial weights and
@@ -604,6 +605,11 @@ def main(argv=None):
         return COMMANDS[args.command].run(args)
     except CommandError as e:
         print(f"fastbp: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError as e:
+        # e.g. --hidden 10000000000: NumPy says how much it could not allocate
+        print(f"fastbp: error: out of memory: {e or 'an allocation failed'} (try smaller "
+              "--hidden sizes or --batch-size)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nfastbp: interrupted", file=sys.stderr)

@@ -28,6 +28,7 @@ from io import BytesIO
 import numpy as np
 
 from . import nn
+from ._npz import read_arrays
 
 __all__ = ["META_KEY", "FORMAT", "architecture", "load_model", "save_model"]
 
@@ -36,6 +37,9 @@ META_KEY = "__fastbp_meta__"
 #: ``(format name, version)`` written by :func:`save_model`.
 FORMAT = ("fastbp.MLP", 1)
 _RESERVED = ("format", "version", "architecture")
+#: Deepest nesting of lists / objects accepted in the metadata (a tampered file could nest
+#: deeper than Python's recursion limit, which every later repr or comparison would hit).
+MAX_META_DEPTH = 32
 
 
 def architecture(model):
@@ -162,24 +166,22 @@ def load_model(path):
         If the file is not a readable ``.npz``, has no fastbp metadata (e.g. it was written by
         ``Sequential.save`` alone), has an unknown format or version, metadata that does not
         describe a valid MLP, or parameters that do not match it.  The message starts with
-        `path`.
+        `path`.  Everything is checked against the stored arrays before the network is built,
+        so a tampered file never makes this allocate more than the file holds.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: model file not found")
-    if not zipfile.is_zipfile(path):  # else np.load reports other bytes as "pickled data"
+    if not _is_zip(path):
         raise ValueError(f"{path}: not an .npz model file (not a zip archive)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npz model file ({e})") from None
+    arrays = read_arrays(path)
     if META_KEY not in arrays:
         raise ValueError(f"{path}: no fastbp metadata ({META_KEY!r}); it holds only parameters "
                          "(load those into a model you build with MLP(...).load(path))")
     meta = _read_meta(path, arrays.pop(META_KEY))
     arch = meta["architecture"]
     try:
+        _check_architecture(arch, arrays)
         model = nn.MLP(arch["sizes"], activation=arch["activation"], loss=arch["loss"],
                        bias=arch["bias"], dtype=arch["dtype"], norm=arch.get("norm"),
                        **arch["activation_kwargs"])
@@ -190,6 +192,70 @@ def load_model(path):
     return model, meta
 
 
+def _is_zip(path):
+    """zipfile.is_zipfile, which itself raises BadZipFile on some broken end records (fuzz/)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:
+        return False
+
+
+#: architecture key -> (the JSON type it must have, what to call it in an error)
+_ARCH_TYPES = {"sizes": (list, "a list"), "activation": (str, "a string"),
+               "activation_kwargs": (dict, "an object"), "loss": (str, "a string"),
+               "bias": (bool, "true or false"), "dtype": (str, "a string")}
+
+
+def _norm_arrays(norm):
+    """The array names one hidden normalization layer stores (its params and buffers)."""
+    if norm is None:
+        return ()
+    layer = nn.NORMS[norm](1)
+    return (*layer.params, *getattr(layer, "buffers", {}))
+
+
+def _check_architecture(arch, arrays):
+    """Raise ValueError unless `arch` is well formed and describes exactly `arrays`.
+
+    Runs before the MLP is built, so tampered sizes never allocate anything: every weight
+    shape must equal a stored array's (the layout ``Sequential.state_dict`` writes for an
+    MLP: ``Linear`` layers, each hidden one followed by its norm layer when there is one and its
+    activation).
+    """
+    keys = set(arch) - {"norm"}  # "norm" is optional: files written before it load with None
+    if keys != set(_ARCH_TYPES):
+        raise ValueError(f"architecture has keys {sorted(arch)}, expected {sorted(_ARCH_TYPES)} "
+                         "and optionally 'norm'")
+    for key, (kind, what) in _ARCH_TYPES.items():
+        if not isinstance(arch[key], kind):
+            raise ValueError(f"architecture {key!r} must be {what}, got {arch[key]!r:.80}")
+    sizes = arch["sizes"]
+    if len(sizes) < 2 or not all(type(s) is int and s >= 1 for s in sizes):
+        raise ValueError(f"sizes must be at least two integers >= 1, got {sizes!r:.80}")
+    if arch["dtype"] not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {arch['dtype']!r:.80}")
+    norm = arch.get("norm")
+    if norm is not None and (not isinstance(norm, str) or norm not in nn.NORMS):
+        raise ValueError(f"norm must be null or one of {sorted(nn.NORMS)}, got {norm!r:.80}")
+    norm_names = _norm_arrays(norm)
+    stride = 3 if norm_names else 2  # Linear [, norm], activation
+    expected = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        expected[f"{stride * i}.W"] = (fan_in, fan_out)
+        if arch["bias"]:
+            expected[f"{stride * i}.b"] = (fan_out,)
+        if i < len(sizes) - 2:
+            expected.update({f"{stride * i + 1}.{name}": (fan_out,) for name in norm_names})
+    missing, extra = sorted(expected.keys() - arrays.keys()), sorted(arrays.keys() - expected)
+    if missing or extra:
+        raise ValueError(f"the arrays do not match the sizes {sizes}: missing "
+                         f"{missing or 'nothing'}, unexpected {extra or 'nothing'}")
+    for key, shape in expected.items():
+        if arrays[key].shape != shape or arrays[key].dtype != arch["dtype"]:
+            raise ValueError(f"array {key!r} is {arrays[key].dtype} {arrays[key].shape}, the "
+                             f"architecture says {arch['dtype']} {shape}")
+
+
 def _read_meta(path, entry):
     """The metadata dict from the archive's META_KEY entry, after checking its form."""
     if entry.dtype.kind != "U" or entry.shape != (1,):
@@ -197,11 +263,25 @@ def _read_meta(path, entry):
                          f"{entry.dtype} {entry.shape}")
     try:
         meta = json.loads(str(entry[0]))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{path}: {META_KEY!r} is not valid JSON ({e})") from None
+    if _depth(meta) > MAX_META_DEPTH:
+        raise ValueError(f"{path}: {META_KEY!r} is nested more than {MAX_META_DEPTH} levels deep")
     if not isinstance(meta, dict) or (meta.get("format"), meta.get("version")) != FORMAT:
         got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else meta
         raise ValueError(f"{path}: unsupported model format {got}; this fastbp reads {FORMAT}")
     if not isinstance(meta.get("architecture"), dict):
         raise ValueError(f"{path}: metadata has no 'architecture' object")
     return meta
+
+
+def _depth(value):
+    """How deeply JSON lists / objects nest in `value` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(value, (list, dict)) and depth <= MAX_META_DEPTH:
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict)
+                                                   else value))
+    return deepest

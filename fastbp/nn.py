@@ -36,6 +36,7 @@ from . import _specs
 from . import _validation as val
 from ._config import threads_for
 from ._planner import StepCache, fused_forward, fused_train_step, fusion_plan
+from ._npz import read_arrays, source_name
 from .backend import kernels
 
 __all__ = [
@@ -158,15 +159,19 @@ class Module:
 
         Raises
         ------
+        FileNotFoundError
+            If `path` does not exist.
         ValueError
-            If the file's arrays do not match the model (names or shapes), naming them.
+            If the file is not a readable ``.npz`` of plain arrays (truncated, corrupted, another
+            format, pickled objects) or its arrays do not match the model (names, shapes, a
+            non-float dtype).  The message starts with the file's name; the parameters are
+            unchanged.
         """
-        with np.load(path, allow_pickle=False) as f:
-            state = {k: f[k] for k in f.files}
+        state = read_arrays(path)
         try:
             self.load_state_dict(state)
         except (ValueError, TypeError) as e:
-            raise type(e)(f"{path}: {e}") from None
+            raise ValueError(f"{source_name(path)}: {e}") from None
         return self
 
 
@@ -234,8 +239,8 @@ class Linear(Module):
         x = self._input(x)
         n = x.shape[0]
         out = self._buf.get("out", (n, self.out_features), self.dtype)
-        kernels().linear_forward(x, self.params["W"], self.params.get("b"), out,
-                                 threads_for(out.size))
+        b = self._param("b") if "b" in self.params else None
+        kernels().linear_forward(x, self._param("W"), b, out, threads_for(out.size))
         self._x = x
         return out
 
@@ -245,9 +250,24 @@ class Linear(Module):
         dout = val.as_float(dout, "dout", self.dtype)
         val.require_shape(dout, "dout", (x.shape[0], self.out_features))
         dx = self._buf.get("dx", x.shape, self.dtype)
-        kernels().linear_backward(dout, x, self.params["W"], dx, self.grads["W"],
+        kernels().linear_backward(dout, x, self._param("W"), dx, self.grads["W"],
                                   self.grads.get("b"), 1.0, 0.0, threads_for(dout.size))
         return dx
+
+    def _param(self, name):
+        """``params[name]``, checked: a rebound parameter must still fit the kernels."""
+        p = self.params[name]
+        shape = (self.in_features, self.out_features) if name == "W" else (self.out_features,)
+        if not isinstance(p, np.ndarray) or p.dtype != self.dtype:
+            got = p.dtype if isinstance(p, np.ndarray) else type(p).__name__
+            raise TypeError(f"{self!r}: params[{name!r}] must be a {self.dtype} array (the "
+                            f"layer's dtype), got {got}")
+        if p.shape != shape or not p.flags.c_contiguous:
+            raise ValueError(f"{self!r}: params[{name!r}] must be a C-contiguous array of shape "
+                             f"{shape}, got shape {p.shape} "
+                             f"{'C-contiguous' if p.flags.c_contiguous else 'non-contiguous'} "
+                             "(rebind it with np.ascontiguousarray)")
+        return p
 
     def _saved_input(self):
         if self._x is None:
@@ -656,7 +676,8 @@ class Sequential(Module):
     def _batches(self, x, batch_size):
         a = val.as_array(x, "x")
         val.integer(batch_size, "batch_size", 1)
-        for start in range(0, a.shape[0], batch_size):
+        # an empty x still runs once, so the outputs have their width: (0, C)
+        for start in range(0, a.shape[0], batch_size) or [0]:
             yield a[start:start + batch_size]
 
     @_inference_mode
@@ -700,13 +721,13 @@ class Sequential(Module):
                 result = np.empty((a.shape[0], z.shape[1]), z.dtype)
             _softmax_rows(z, result[start:start + len(z)])
             start += len(z)
-        return result if result is not None else np.empty((0, 0), self.dtype)
+        return result
 
     @_inference_mode
     def predict(self, x, batch_size=1024):
         """Predicted class (argmax of the outputs) per row, as int64, computed in batches."""
         out = [self.inference_forward(xb).argmax(axis=1) for xb in self._batches(x, batch_size)]
-        return np.concatenate(out) if out else np.empty(0, np.int64)
+        return np.concatenate(out)
 
     @_inference_mode
     def evaluate(self, x, y, loss=None, batch_size=1024):
@@ -762,7 +783,10 @@ class MLP(Sequential):
 
     def __init__(self, sizes, activation="relu", loss="softmax", bias=True, dtype=np.float32,
                  rng=None, init="he", norm=None, **activation_kwargs):
-        sizes = [val.integer(s, "sizes[i]", 1) for s in sizes]
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+            raise TypeError(f"sizes must be a sequence of ints such as [64, 128, 10], got "
+                            f"{type(sizes).__name__}")
+        sizes = [val.integer(s, f"sizes[{i}]", 1) for i, s in enumerate(sizes)]
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least input and output sizes, got {sizes}")
         if activation not in ACTIVATIONS:

@@ -148,7 +148,7 @@ def test_batch_sizes_and_read_only_parameters(rng):
     np.testing.assert_allclose(loss, -np.mean(np.log(expected[np.arange(23), labels])),
                                rtol=1e-12)
     assert acc == np.mean(expected.argmax(axis=1) == labels)
-    assert model.predict_proba(np.empty((0, 6))).shape == (0, 0)
+    assert model.predict_proba(np.empty((0, 6))).shape == (0, 3)  # (0, C): issue 10
 
 
 def test_bad_input_is_rejected(rng):
