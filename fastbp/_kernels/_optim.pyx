@@ -19,7 +19,11 @@ c. Parallel axis: the flat array is cut into BLOCK-element blocks shared out by
    ``prange(schedule="static")``, or run in a plain loop when there is one thread or one block
    (entering a parallel region costs ~0.8 us even for one thread, measured with libgomp); each
    block runs a plain loop the compiler vectorises (sqrt included: setup.py passes
-   -fno-math-errno, so sqrt needs no errno path).  Each element is computed by the same
+   -fno-math-errno, so sqrt needs no errno path).  Adam's and RMSProp's block loops (a sqrt
+   and a divide per element, compute-bound at SSE2 width) are ``cloned_void``: built for
+   AVX-512, AVX2 and the baseline with run-time dispatch (csrc/fastbp_math.h).  IEEE sqrt and
+   divide are correctly rounded at any width and setup.py's -std=c99 keeps FMA contraction
+   off, so every clone gives the same bits.  Each element is computed by the same
    expression whatever the thread count, so results are bitwise identical for any n_threads.
 d. Branches out of loops: weight decay is decided once per block, in ``_decayed``.  With
    weight_decay == 0 the update loop reads dw directly; otherwise the block's g = dw + wd*w is
@@ -44,6 +48,7 @@ from cython.parallel cimport prange
 from libc.math cimport pow, sqrt, sqrtf
 
 from ._arrays cimport array_data, check_threads, float_type, length
+from ._math cimport cloned_void
 
 cnp.import_array()
 
@@ -119,9 +124,9 @@ cdef void _momentum_block(floating *w, const floating *dw, floating *v, Py_ssize
             w[i] = w[i] - lr * v[i]
 
 
-cdef void _rmsprop_block(floating *w, const floating *dw, floating *cache, Py_ssize_t n,
-                         Py_ssize_t blk, floating lr, floating rho, floating one_minus_rho,
-                         floating eps, floating wd) noexcept nogil:
+cdef cloned_void _rmsprop_block(floating *w, const floating *dw, floating *cache,
+                                Py_ssize_t n, Py_ssize_t blk, floating lr, floating rho, floating one_minus_rho,
+                                floating eps, floating wd) noexcept nogil:
     w += blk * BLOCK; dw += blk * BLOCK; cache += blk * BLOCK; n = _block_size(n, blk)
     cdef floating buf[BLOCK]
     cdef const floating *g = _decayed(w, dw, wd, buf, n)
@@ -131,10 +136,10 @@ cdef void _rmsprop_block(floating *w, const floating *dw, floating *cache, Py_ss
         w[i] = w[i] - lr * g[i] / (_sqrt(cache[i]) + eps)
 
 
-cdef void _adam_block(floating *w, const floating *dw, floating *m, floating *v, Py_ssize_t n,
-                      Py_ssize_t blk, floating step_size, floating b1, floating one_minus_b1,
-                      floating b2, floating one_minus_b2, floating inv_sqrt_bc2, floating eps,
-                      floating wd) noexcept nogil:
+cdef cloned_void _adam_block(floating *w, const floating *dw, floating *m, floating *v,
+                             Py_ssize_t n, Py_ssize_t blk, floating step_size, floating b1,
+                             floating one_minus_b1, floating b2, floating one_minus_b2,
+                             floating inv_sqrt_bc2, floating eps, floating wd) noexcept nogil:
     w += blk * BLOCK; dw += blk * BLOCK; m += blk * BLOCK; v += blk * BLOCK
     n = _block_size(n, blk)
     cdef floating buf[BLOCK]

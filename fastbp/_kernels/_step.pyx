@@ -67,8 +67,9 @@ cdef struct Layer:
     void *b_state2
 
 
-cdef void *_address(a):
-    return <void *><size_t>a.ctypes.data if a is not None else NULL
+cdef void *_address(a) except? NULL:
+    """a's data pointer (NumPy C-API: ~20x cheaper than ``a.ctypes.data``), or NULL for None."""
+    return cnp.PyArray_DATA(<cnp.ndarray?>a) if a is not None else NULL
 
 
 cdef inline double _loss_row(int loss, const floating *h, const int64_t *labels,
