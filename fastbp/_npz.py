@@ -32,9 +32,10 @@ _KINDS = "biufU"
 #: what a zip directory that is not one can raise when it is opened (found by fuzz/)
 _NOT_A_ZIP = (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError)
 #: what a corrupted member can raise while it is decompressed and its header parsed (NumPy's
-#: header parser tokenizes it: a broken header can raise tokenize.TokenError, found by fuzz/)
+#: header parser tokenizes it: a broken header can raise tokenize.TokenError, and a header dict
+#: with bytes keys TypeError from sorting them -- both found by fuzz/)
 _CORRUPT = (ValueError, SyntaxError, RecursionError, EOFError, OSError, zipfile.BadZipFile,
-            zlib.error, NotImplementedError, RuntimeError, tokenize.TokenError)
+            zlib.error, NotImplementedError, RuntimeError, tokenize.TokenError, TypeError)
 
 
 def source_name(source):

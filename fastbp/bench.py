@@ -344,8 +344,10 @@ def _spawn_worker(spec):
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    # run in `root`: ``-m`` puts the working directory first on sys.path, and a source
+    # checkout's uninstalled fastbp/ there would shadow the installed one
     proc = subprocess.run([sys.executable, "-m", "fastbp.bench", json.dumps(spec)], env=env,
-                          capture_output=True, text=True)
+                          cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"bench worker for {spec['implementation']} failed:\n"
                            f"{proc.stderr[-3000:]}")

@@ -17,3 +17,15 @@ def mnist_dir():
     if not path:
         pytest.skip("FASTBP_MNIST_DIR is not set (point it at a directory of MNIST IDX files)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _thread_setting_does_not_leak():
+    """A test that sets fastbp's thread count (and fails before resetting it) must not change
+    the defaults the next test sees."""
+    from fastbp import _config
+
+    before = _config._user_threads
+    yield
+    if _config._user_threads != before:
+        _config.set_num_threads(before)

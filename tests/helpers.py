@@ -1,6 +1,13 @@
 """Shared test helpers (import as `from helpers import ...`): tolerances per dtype, input variants."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+
+import fastbp
 
 DTYPES = (np.float32, np.float64)
 
@@ -95,3 +102,21 @@ def torch_activation(torch, row, value=None):
     if row.forms:
         return lambda t: fn(t, **{row.param: value})
     return lambda t: fn(t, value)
+
+
+#: the directory holding the fastbp under test (site-packages, or a checkout built in place)
+FASTBP_PARENT = str(Path(fastbp.__file__).resolve().parents[1])
+
+
+def run_python(*args, timeout=120, **env_vars):
+    """``python *args`` in a subprocess that imports the same fastbp as the tests.
+
+    ``-c`` and ``-m`` put the working directory first on sys.path, so the subprocess runs in
+    the directory holding the fastbp under test, which also leads PYTHONPATH: from a source
+    checkout whose package is installed elsewhere, the uninstalled ``fastbp/`` of the checkout
+    would otherwise shadow it.
+    """
+    env = dict(os.environ, **env_vars)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (FASTBP_PARENT, env.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, *args], cwd=FASTBP_PARENT, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -7,20 +7,16 @@ fresh subprocesses, since the variable is read once, at import.
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_close
+from helpers import DTYPES, assert_close, run_python
 
 import fastbp
 from fastbp import bench, nn, optim, reference
 from fastbp._kernels import _blas
 
-ROOT = Path(fastbp.__file__).resolve().parents[1]
 
 
 def _available_routes():
@@ -176,10 +172,7 @@ def test_numpy_blas_file_says_why_not(tmp_path):
 
 
 def _run(code, **env_vars):
-    env = dict(os.environ, **env_vars)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return run_python("-c", code, **env_vars)
 
 
 REPORT = ("import json, fastbp; from fastbp import _config; from fastbp._kernels import _blas;"

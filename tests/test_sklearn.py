@@ -2,12 +2,8 @@
 float64, accuracy of the float32 default, validation, persistence and model selection."""
 
 import copy
-import os
 import pickle
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +23,9 @@ from sklearn.utils._param_validation import InvalidParameterError  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import fastbp  # noqa: E402
+from helpers import run_python  # noqa: E402
 from fastbp.data import load_digits, load_mnist  # noqa: E402
 from fastbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -398,11 +393,7 @@ def test_convergence_warning_and_verbose(digits, capsys):
 
 
 def _run(code):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(Path(fastbp.__file__).resolve().parents[1]),
-                    os.environ.get("PYTHONPATH")) if p))
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return run_python("-c", code)
 
 
 def test_import_fastbp_does_not_import_scikit_learn():

@@ -103,12 +103,13 @@ def test_forms_and_conditions():
 def _fastbp_imports(module):
     """The fastbp modules `module` imports (relative imports resolved), at any depth."""
     import ast
-    import importlib
+    import importlib.util
 
-    mod = importlib.import_module(module)
-    package = module if mod.__file__.endswith("__init__.py") else module.rpartition(".")[0]
+    # the source is read, not imported: a module of an optional extra (mpi4py) may not import
+    origin = importlib.util.find_spec(module).origin
+    package = module if origin.endswith("__init__.py") else module.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(open(mod.__file__).read())):
+    for node in ast.walk(ast.parse(open(origin).read())):
         if isinstance(node, ast.ImportFrom):
             base = package
             for _ in range(node.level - 1):
