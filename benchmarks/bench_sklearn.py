@@ -26,6 +26,7 @@ pytest-benchmark mode (in-process, one group per case and operation)::
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -43,6 +44,9 @@ try:
 except ImportError:  # script mode from another directory
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from benchutil import TINY
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                                reason="scikit-learn is not installed (pip install \"fastbp[sklearn]\")")
 
 IMPLEMENTATIONS = ("fastbp", "sklearn-float64", "sklearn-float32")
 CASES = ("mnist", "digits")

@@ -164,7 +164,8 @@ def test_bad_input_is_rejected(rng):
 @pytest.mark.parametrize("activation", ("identity", "logistic", "tanh", "relu", "gelu"))
 @pytest.mark.parametrize("kind", ("multiclass", "binary", "regression"))
 def test_sklearn_predict_equals_numpy_forward(activation, kind, rng):
-    fsk = pytest.importorskip("fastbp.sklearn")
+    pytest.importorskip("sklearn", minversion="1.6")
+    import fastbp.sklearn as fsk
     from scipy.special import expit
 
     X = rng.standard_normal((60, 5))
