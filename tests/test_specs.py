@@ -139,3 +139,14 @@ def test_imports_flow_one_way(module, forbidden):
     bad = sorted(n for n in _fastbp_imports(module) for f in forbidden
                  if n == f or n.startswith(f + "."))
     assert not bad, f"{module} imports {bad}"
+
+
+@pytest.mark.parametrize("name", sorted(_specs.ACTIVATIONS))
+def test_every_activation_is_an_autograd_function(name):
+    """A row without its fastbp.autograd function fails here."""
+    from fastbp import autograd
+
+    x = autograd.Tensor(np.array([[-1.5, 0.0, 2.0]]), requires_grad=True)
+    y = getattr(autograd, name)(x)
+    y.sum().backward()
+    assert x.grad.shape == (1, 3) and np.isfinite(x.grad).all()

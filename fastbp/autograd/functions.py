@@ -30,6 +30,7 @@ import numbers
 
 import numpy as np
 
+from .. import _specs
 from .. import _validation as val
 from .._config import threads_for
 from ..backend import kernels
@@ -384,18 +385,21 @@ def minimum(a, b):
 # ---------------------------------------------------------------- activations (their kernels)
 
 
-def _activation(x, kernel, saves_output, *scalars):
-    """Run ``<kernel>_forward``; backward runs ``<kernel>_backward`` on the saved output (sigmoid,
-    tanh) or input (the others), as the kernels document."""
+def _activation(x, name, value=None):
+    """Run ``<name>_forward``; backward runs ``<name>_backward`` on the saved output or input,
+    as the activation's row in :data:`fastbp._specs.ACTIVATIONS` says (``backward_reads``).
+    `value` is the row's parameter (already checked), passed as the kernels take it."""
+    spec = _specs.ACTIVATIONS[name]
+    scalars = spec.kernel_scalars(value)
     xd, tx = _array_operand(x, "x")
     xd = _float(xd)
     out = np.empty(xd.shape, xd.dtype)
-    getattr(kernels(), kernel + "_forward")(xd.ravel(), out.ravel(), *scalars,
-                                            threads_for(out.size))
+    getattr(kernels(), name + "_forward")(xd.ravel(), out.ravel(), *scalars,
+                                          threads_for(out.size))
     if tx is None:
         return make(out)
-    saved = out if saves_output else xd
-    backward_kernel = kernel + "_backward"
+    saved = out if spec.backward_reads == "output" else xd
+    backward_kernel = name + "_backward"
 
     def activation_backward(g):
         dx = np.empty(saved.shape, saved.dtype)
@@ -409,7 +413,7 @@ def _activation(x, kernel, saves_output, *scalars):
 
 def relu(x):
     """``max(x, 0)``; the derivative at 0 is 0."""
-    return _activation(x, "relu", False)
+    return _activation(x, "relu")
 
 
 def leaky_relu(x, alpha=0.01):
@@ -420,22 +424,22 @@ def leaky_relu(x, alpha=0.01):
     TypeError, ValueError
         If `alpha` is not a finite real number.
     """
-    return _activation(x, "leaky_relu", False, val.finite_real(alpha, "alpha"))
+    return _activation(x, "leaky_relu", val.finite_real(alpha, "alpha"))
 
 
 def sigmoid(x):
     """``1 / (1 + exp(-x))`` (stable for both signs); backward reads the output."""
-    return _activation(x, "sigmoid", True)
+    return _activation(x, "sigmoid")
 
 
 def tanh(x):
     """``tanh(x)``; backward reads the output."""
-    return _activation(x, "tanh", True)
+    return _activation(x, "tanh")
 
 
 def elu(x, alpha=1.0):
     """``x if x > 0 else alpha * (exp(x) - 1)``."""
-    return _activation(x, "elu", False, val.finite_real(alpha, "alpha"))
+    return _activation(x, "elu", val.finite_real(alpha, "alpha"))
 
 
 def gelu(x, approximate="none"):
@@ -446,9 +450,11 @@ def gelu(x, approximate="none"):
     ValueError
         If `approximate` is not ``"none"`` or ``"tanh"``.
     """
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return _activation(x, "gelu", False, approximate == "tanh")
+    forms = _specs.ACTIVATIONS["gelu"].forms
+    if approximate not in forms:
+        raise ValueError(f"gelu: approximate must be {' or '.join(map(repr, forms))}, got "
+                         f"{approximate!r}")
+    return _activation(x, "gelu", approximate)
 
 
 # ------------------------------------------------------------------------ the affine layer
