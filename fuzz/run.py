@@ -41,18 +41,23 @@ def _fuzz_one(name, libfuzzer_args):
 
 def _fuzz_all(seconds, artifacts):
     sys.path.insert(0, HERE)
-    from targets import TARGETS
+    from targets import SHM, TARGETS
 
     os.makedirs(artifacts, exist_ok=True)
     failed = []
     for name in TARGETS:
-        with tempfile.TemporaryDirectory(prefix=f"fastbp-fuzz-{name}-") as scratch:
+        # libFuzzer's new inputs and the targets' files (FASTBP_FUZZ_SCRATCH), removed here
+        with tempfile.TemporaryDirectory(prefix=f"fastbp-fuzz-{name}-", dir=SHM) as scratch:
             start = time.perf_counter()
-            cmd = [sys.executable, os.path.abspath(__file__), name, scratch,
+            new_inputs, files = os.path.join(scratch, "new"), os.path.join(scratch, "files")
+            os.mkdir(new_inputs)
+            os.mkdir(files)
+            cmd = [sys.executable, os.path.abspath(__file__), name, new_inputs,
                    os.path.join(HERE, "corpus", name), f"-max_total_time={seconds}",
                    "-timeout=20", "-rss_limit_mb=3072", "-print_final_stats=1",
                    f"-artifact_prefix={os.path.join(artifacts, name)}-"]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            done = subprocess.run(cmd, capture_output=True, text=True,
+                                  env=dict(os.environ, FASTBP_FUZZ_SCRATCH=files))
             log = done.stdout + done.stderr
             runs = next((line.split()[-1] for line in log.splitlines()
                          if line.startswith("stat::number_of_executed_units")), "?")

@@ -40,9 +40,23 @@ from fastbp.io import META_KEY, load_model
 
 #: separator of members / files inside one fuzz input
 SEP = b"\n@@\n"
-_SCRATCH = tempfile.mkdtemp(prefix="fastbp-fuzz-",
-                            dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+#: a RAM-backed directory for temporary files, where there is one
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+def _scratch_directory():
+    """Where the targets write their files: ``FASTBP_FUZZ_SCRATCH`` when set (``fuzz/run.py``
+    makes it and removes it after the fuzzing process: libFuzzer ends that process without
+    running ``atexit``), else a new directory removed at exit (the corpus replay in pytest)."""
+    given = os.environ.get("FASTBP_FUZZ_SCRATCH")
+    if given:
+        return given
+    made = tempfile.mkdtemp(prefix="fastbp-fuzz-", dir=SHM)
+    atexit.register(shutil.rmtree, made, ignore_errors=True)
+    return made
+
+
+_SCRATCH = _scratch_directory()
 
 
 class Target(NamedTuple):
