@@ -175,11 +175,8 @@ def _backward(kernel, dout, saved, saved_name, *scalars):
 
 
 def _approximate(value):
-    """GELU's form, checked; the kernels' scalar for it."""
-    row = _specs.ACTIVATIONS["gelu"]
-    if value not in row.forms:
-        raise ValueError(f"approximate must be {' or '.join(map(repr, row.forms))}, got {value!r}")
-    return row.kernel_scalars(value)[0]
+    """GELU's form, checked against its spec row (the kernels take the same names)."""
+    return _specs.ACTIVATIONS["gelu"].checked_form(value)
 
 
 def relu_forward(x):
@@ -270,14 +267,25 @@ def elu_backward(dout, cache):
 def gelu_forward(x, approximate="none"):
     """GELU forward: ``x * Phi(x)`` (``approximate="none"``, erf form) or PyTorch's tanh form.
 
+    Parameters
+    ----------
+    x : array_like
+        Any shape; computed in float32 or float64 (NumPy promotion, integers -> float64).
+    approximate : {"none", "tanh"}
+        The form, named as in PyTorch (and as the kernels take it).
+
     Returns
     -------
-    out : ndarray
+    out : ndarray, shape of x
     cache : tuple
         ``(x, approximate)``.
+
+    Raises
+    ------
+    ValueError
+        If `approximate` is not ``"none"`` or ``"tanh"``.
     """
-    flag = _approximate(approximate)
-    a, out = _forward("gelu_forward", x, flag)
+    a, out = _forward("gelu_forward", x, _approximate(approximate))
     return out, (a, approximate)
 
 

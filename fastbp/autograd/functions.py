@@ -450,11 +450,7 @@ def gelu(x, approximate="none"):
     ValueError
         If `approximate` is not ``"none"`` or ``"tanh"``.
     """
-    forms = _specs.ACTIVATIONS["gelu"].forms
-    if approximate not in forms:
-        raise ValueError(f"gelu: approximate must be {' or '.join(map(repr, forms))}, got "
-                         f"{approximate!r}")
-    return _activation(x, "gelu", approximate)
+    return _activation(x, "gelu", _specs.ACTIVATIONS["gelu"].checked_form(approximate, "gelu: "))
 
 
 # ------------------------------------------------------------------------ the affine layer
