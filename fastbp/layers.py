@@ -16,8 +16,8 @@ import numpy as np
 from . import _specs
 from ._config import threads_for
 from ._validation import (
-    FLOAT_DTYPES, as_array, as_float, as_labels, compute_dtype, finite_real, real, require_shape,
-    unit_interval, unpack_cache,
+    FLOAT_DTYPES, SEED_LIMIT, as_array, as_float, as_labels, compute_dtype, finite_real,
+    random_seed, real, require_shape, unit_interval, unpack_cache,
 )
 from .backend import kernels
 
@@ -418,7 +418,6 @@ def mse_loss(pred, target):
 # dropout
 
 _DROPOUT_MODES = ("train", "test")
-_SEED_LIMIT = 1 << 64
 
 
 def _dropout_mode(dropout_param):
@@ -448,12 +447,8 @@ def _dropout_seed(dropout_param):
     seed = dropout_param.get("seed")
     if seed is None:
         # honours np.random.seed(...), as the course's np.random.rand mask does
-        return int(np.random.randint(0, _SEED_LIMIT, dtype=np.uint64))
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"dropout_param['seed'] must be an integer, got {type(seed).__name__}")
-    if not 0 <= seed < _SEED_LIMIT:
-        raise ValueError(f"dropout_param['seed'] must lie in [0, 2**64), got {seed}")
-    return int(seed)
+        return int(np.random.randint(0, SEED_LIMIT, dtype=np.uint64))
+    return random_seed(seed, "dropout_param['seed']")
 
 
 def dropout_forward(x, dropout_param):
