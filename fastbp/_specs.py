@@ -14,8 +14,9 @@ fails a test instead of silently going slow):
 * the CLI's ``--activation`` / ``--loss`` choices, the kernel benchmarks and the test grids.
 
 Adding an activation: its scalar math in ``_kernels/_activation_math.pxd``, its row here, its
-NumPy twin in ``reference/activations.py``, its course functions in ``layers.py`` and its
-class in ``nn.py`` (both one-liners over shared helpers), its README line.
+NumPy twin in ``reference/activations.py``, its course functions in ``layers.py``, its class in
+``nn.py`` and its function in ``autograd/functions.py`` (exported by ``autograd/__init__.py``),
+all one-liners over shared helpers, and its README line.
 
 This module imports nothing from fastbp: everything above may import it.
 """
