@@ -53,11 +53,15 @@ e. Not done: no mean (``scale`` is explicit; the public layer passes 1/N or 1/(N
    them contiguous); no in-place gradient over the inputs (it would overwrite z_y / s_y before
    they are read).  Choosing n_threads (serial for small work) is the caller's policy.
 """
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
+from ._arrays cimport check_threads
 from ._loss_math cimport ROWS, mse_row, softmax_xent_rows, svm_row
+
+cnp.import_array()
 
 __all__ = ["softmax_cross_entropy", "svm_hinge", "mse"]
 
@@ -81,8 +85,7 @@ cdef int _check_common(str fn, str x_name, Py_ssize_t n, Py_ssize_t c, object ou
                          f"{x_name} has shape ({n}, {c})")
     if rl_n != n:
         raise ValueError(f"{fn}: row_loss has shape ({rl_n},), expected ({n},) rows of {x_name}")
-    if n_threads < 1:
-        raise ValueError(f"{fn}: n_threads must be >= 1, got {n_threads}")
+    check_threads(fn, n_threads)
     return 0
 
 
