@@ -14,8 +14,9 @@ fails a test instead of silently going slow):
 * the CLI's ``--activation`` / ``--loss`` choices, the kernel benchmarks and the test grids.
 
 Adding an activation: its scalar math in ``_kernels/_activation_math.pxd``, its row here, its
-NumPy twin in ``reference/activations.py``, its course functions in ``layers.py`` and its
-class in ``nn.py`` (both one-liners over shared helpers), its README line.
+NumPy twin in ``reference/activations.py``, its course functions in ``layers.py``, its class in
+``nn.py`` and its function in ``autograd/functions.py`` (exported by ``autograd/__init__.py``),
+all one-liners over shared helpers, and its README line.
 
 This module imports nothing from fastbp: everything above may import it.
 """
@@ -26,7 +27,7 @@ from typing import Callable, NamedTuple, Optional
 class FusedActivation(NamedTuple):
     """How an activation runs inside the fused kernels (``linear_act_forward`` & co)."""
 
-    code: str            #: the fused kernels' activation name ("relu", "gelu_tanh", ...)
+    code: str            #: the fused kernels' code, internal: "relu", "gelu_tanh" (form_code)
     alpha: float         #: the scalar the fused kernels take (0.0 when the code needs none)
     reads_input: bool    #: backward reads the pre-activation z (stored in ``pre``), not a
 
@@ -38,7 +39,9 @@ class Activation(NamedTuple):
     nn_class: str                #: its class in fastbp.nn
     param: Optional[str] = None  #: its one parameter ("alpha", "approximate") or None
     default: object = None       #: the parameter's default
-    forms: tuple = ()            #: for a parameter that picks a form: its values, default first
+    #: for a parameter that picks a form: its values, default first -- the one vocabulary of
+    #: the kernels, their NumPy twins, layers, nn, autograd and the model files
+    forms: tuple = ()
     backward_reads: str = "input"  #: what the elementwise backward reads: "input" x / "output" y
     fused_reads: str = "output"  #: what the fused backward reads: the "output" a or "input" z
     #: for a real parameter: when the fused backward may read the output (else: no fusion)
@@ -57,36 +60,46 @@ class Activation(NamedTuple):
 
     @property
     def kernel_param(self):
-        """The elementwise kernels' parameter: ``"double alpha=0.01"``, ``"bint approximate=False"``
-        (a form flag: True picks the second form) or None."""
+        """The elementwise kernels' parameter with its default: ``"double alpha=0.01"``,
+        ``"approximate='none'"`` (a form, by its public name) or None."""
         if self.param is None:
             return None
         if self.forms:
-            return f"bint {self.param}=False"
+            return f"{self.param}={self.default!r}"
         return f"double {self.param}={self.default!r}"
+
+    @property
+    def forms_text(self):
+        """The allowed forms as an error message lists them: ``"'none' or 'tanh'"``."""
+        return " or ".join(map(repr, self.forms))
 
     @property
     def takes_alpha(self):
         """True when the scalar helpers take the parameter (a real one) as ``alpha``."""
         return self.param is not None and not self.forms
 
+    def checked_form(self, value, where=""):
+        """`value` when it is one of the row's forms, else a ValueError naming the parameter
+        (after `where`, e.g. ``"gelu_forward: "``).  The compiled kernels, which import nothing
+        from Python, raise the same message, rendered from this row (_activations.pyx.tp)."""
+        if isinstance(value, str) and value in self.forms:
+            return value
+        raise ValueError(f"{where}{self.param} must be {self.forms_text}, got {value!r}")
+
     def form_code(self, form):
         """The fused code of `form`: the name for the default form, else "<name>_<form>"."""
         return self.name if form == self.default else f"{self.name}_{form}"
 
     def kernel_scalars(self, value):
-        """The elementwise kernels' extra arguments for parameter `value` (already checked)."""
-        if self.param is None:
-            return ()
-        if self.forms:
-            return (value != self.default,)  # the kernels' `approximate` flag
-        return (value,)
+        """The elementwise kernels' extra arguments for parameter `value` (already checked):
+        the value itself (a real alpha, or a form by its public name), or none."""
+        return () if self.param is None else (value,)
 
     def fused(self, value=None):
         """The :class:`FusedActivation` for parameter `value`, or None when it cannot fuse."""
         reads_input = self.fused_reads == "input"
         if self.forms:
-            return FusedActivation(self.form_code(value), 0.0, reads_input)
+            return FusedActivation(self.form_code(self.checked_form(value)), 0.0, reads_input)
         if self.param is None:
             return FusedActivation(self.name, 0.0, reads_input)
         if self.output_form_valid is not None and not self.output_form_valid(value):
@@ -117,8 +130,8 @@ ACTIVATIONS = {row.name: row for row in (
                backward_math="dout if x > 0 else dout * alpha * exp(x)"),
     Activation("gelu", "GELU", "approximate", "none", forms=("none", "tanh"),
                fused_reads="input",
-               forward_math="x * Phi(x); approximate: 0.5 * x * (1 + tanh(sqrt(2/pi) * "
-                            "(x + 0.044715 x**3)))",
+               forward_math="x * Phi(x); approximate='tanh': 0.5 * x * (1 + tanh(sqrt(2/pi) "
+                            "* (x + 0.044715 x**3)))",
                backward_math="dout * (Phi(x) + x * phi(x)) (or the tanh form's "
                              "derivative)"),
 )}

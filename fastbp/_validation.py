@@ -39,6 +39,20 @@ def real(value, name, minimum=None, strict=False):
     return value
 
 
+#: random seeds are 64-bit unsigned integers (the dropout kernels' splitmix64 counter)
+SEED_LIMIT = 1 << 64
+
+
+def random_seed(value, name):
+    """A random seed: an integer in [0, 2**64) (TypeError unless an integer, bools are not;
+    ValueError outside the range)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must lie in [0, 2**64), got {value}")
+    return int(value)
+
+
 def fraction(value, name):
     """A decay factor (momentum, beta, decay rate): a real number in [0, 1)."""
     value = real(value, name)

@@ -366,9 +366,10 @@ def _load_for(args):
     except (OSError, ValueError) as e:
         raise CommandError(str(e)) from None
     arch = meta["architecture"]
-    if arch["loss"] not in ("softmax", "svm"):
+    if arch["loss"] not in CLASSIFICATION_LOSSES:
         raise CommandError(f"{args.model} is a {arch['loss']} (regression) model; evaluate and "
-                           "predict handle classifiers (softmax or svm loss)")
+                           f"predict handle classifiers ({' or '.join(CLASSIFICATION_LOSSES)} "
+                           "loss)")
     spec = args.data
     if spec is None:
         if "data" not in meta:

@@ -16,8 +16,8 @@ import numpy as np
 from . import _specs
 from ._config import threads_for
 from ._validation import (
-    FLOAT_DTYPES, as_array, as_float, as_labels, compute_dtype, finite_real, real, require_shape,
-    unit_interval, unpack_cache,
+    FLOAT_DTYPES, SEED_LIMIT, as_array, as_float, as_labels, compute_dtype, finite_real,
+    random_seed, real, require_shape, unit_interval, unpack_cache,
 )
 from .backend import kernels
 
@@ -175,11 +175,8 @@ def _backward(kernel, dout, saved, saved_name, *scalars):
 
 
 def _approximate(value):
-    """GELU's form, checked; the kernels' scalar for it."""
-    row = _specs.ACTIVATIONS["gelu"]
-    if value not in row.forms:
-        raise ValueError(f"approximate must be {' or '.join(map(repr, row.forms))}, got {value!r}")
-    return row.kernel_scalars(value)[0]
+    """GELU's form, checked against its spec row (the kernels take the same names)."""
+    return _specs.ACTIVATIONS["gelu"].checked_form(value)
 
 
 def relu_forward(x):
@@ -270,14 +267,25 @@ def elu_backward(dout, cache):
 def gelu_forward(x, approximate="none"):
     """GELU forward: ``x * Phi(x)`` (``approximate="none"``, erf form) or PyTorch's tanh form.
 
+    Parameters
+    ----------
+    x : array_like
+        Any shape; computed in float32 or float64 (NumPy promotion, integers -> float64).
+    approximate : {"none", "tanh"}
+        The form, named as in PyTorch (and as the kernels take it).
+
     Returns
     -------
-    out : ndarray
+    out : ndarray, shape of x
     cache : tuple
         ``(x, approximate)``.
+
+    Raises
+    ------
+    ValueError
+        If `approximate` is not ``"none"`` or ``"tanh"``.
     """
-    flag = _approximate(approximate)
-    a, out = _forward("gelu_forward", x, flag)
+    a, out = _forward("gelu_forward", x, _approximate(approximate))
     return out, (a, approximate)
 
 
@@ -410,7 +418,6 @@ def mse_loss(pred, target):
 # dropout
 
 _DROPOUT_MODES = ("train", "test")
-_SEED_LIMIT = 1 << 64
 
 
 def _dropout_mode(dropout_param):
@@ -440,12 +447,8 @@ def _dropout_seed(dropout_param):
     seed = dropout_param.get("seed")
     if seed is None:
         # honours np.random.seed(...), as the course's np.random.rand mask does
-        return int(np.random.randint(0, _SEED_LIMIT, dtype=np.uint64))
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"dropout_param['seed'] must be an integer, got {type(seed).__name__}")
-    if not 0 <= seed < _SEED_LIMIT:
-        raise ValueError(f"dropout_param['seed'] must lie in [0, 2**64), got {seed}")
-    return int(seed)
+        return int(np.random.randint(0, SEED_LIMIT, dtype=np.uint64))
+    return random_seed(seed, "dropout_param['seed']")
 
 
 def dropout_forward(x, dropout_param):

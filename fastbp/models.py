@@ -28,7 +28,6 @@ e. Normalization (``"batchnorm"`` / ``"layernorm"``) goes between each hidden af
    ``model.params = {}``).
 """
 
-import numbers
 import os
 import pickle
 from collections.abc import Mapping
@@ -55,7 +54,6 @@ from .layers import (
 
 __all__ = ["FullyConnectedNet", "Solver", "TwoLayerNet"]
 
-_SEED_LIMIT = 1 << 64
 #: normalization name -> (forward, backward) of the course layer placed before each hidden ReLU
 _NORMALIZATIONS = {
     "batchnorm": (batchnorm_forward, batchnorm_backward),
@@ -223,10 +221,7 @@ class FullyConnectedNet:
         if np_dtype not in val.FLOAT_DTYPES:
             raise ValueError(f"dtype must be np.float32 or np.float64, got {np_dtype}")
         if seed is not None:
-            if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-                raise TypeError(f"seed must be an integer or None, got {seed!r}")
-            if not 0 <= seed < _SEED_LIMIT:
-                raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
+            val.random_seed(seed, "seed")
 
         self.normalization = normalization
         self.use_dropout = dropout_keep_ratio != 1
@@ -260,7 +255,7 @@ class FullyConnectedNet:
         seed = self.dropout_param.get("seed")
         if seed is None:
             return self.dropout_param
-        return {**self.dropout_param, "seed": (seed + layer - 1) % _SEED_LIMIT}
+        return {**self.dropout_param, "seed": (seed + layer - 1) % val.SEED_LIMIT}
 
     def _hidden_forward(self, layer, x):
         """affine - [norm] - relu of hidden layer `layer` (1-based) -> (out, cache)."""

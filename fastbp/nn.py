@@ -406,11 +406,7 @@ class GELU(_Activation):
         self._parameter()
 
     def _parameter(self):
-        forms = self.spec.forms
-        if self.approximate not in forms:
-            raise ValueError(f"approximate must be {' or '.join(map(repr, forms))}, "
-                             f"got {self.approximate!r}")
-        return self.approximate
+        return self.spec.checked_form(self.approximate)
 
     def __repr__(self):
         return f"GELU(approximate={self.approximate!r})"

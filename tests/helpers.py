@@ -68,18 +68,10 @@ def numerical_gradient_array(f, x, df, h=1e-6):
 REAL_PARAM_VALUES = (0.2, 3.0)
 
 
-def kernel_variants(row):
-    """The kernels' keyword arguments to try for an activation row: the default, two other
-    values of a real parameter, or every form (as the kernels' flag)."""
-    if row.param is None:
-        return ({},)
-    if row.forms:
-        return tuple({row.param: row.kernel_scalars(form)[0]} for form in row.forms)
-    return ({},) + tuple({row.param: v} for v in REAL_PARAM_VALUES)
-
-
-def layer_variants(row):
-    """The public (layers / nn) keyword arguments to try: default, other values or forms."""
+def param_variants(row):
+    """The keyword arguments to try for an activation row, the same for the kernels, their
+    NumPy twins, layers, nn and autograd: the default, two other values of a real parameter,
+    or every form by its name."""
     if row.param is None:
         return ({},)
     if row.forms:

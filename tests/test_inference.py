@@ -3,14 +3,13 @@ fastbp.sklearn's predict path) against the layer-by-layer path, including after 
 
 import numpy as np
 import pytest
-from helpers import DTYPES, variants
+from helpers import DTYPES, param_variants, variants
 
-from fastbp import nn, set_num_threads
+from fastbp import _specs, nn, set_num_threads
 from fastbp.backend import use_backend
 
-#: (activation, kwargs) covering every fused activation code
-ACTIVATIONS = [("relu", {}), ("leaky_relu", {"alpha": 0.1}), ("sigmoid", {}), ("tanh", {}),
-               ("elu", {"alpha": 0.7}), ("gelu", {}), ("gelu", {"approximate": "tanh"})]
+#: (activation, kwargs) covering every fused activation code, from the spec table
+ACTIVATIONS = [(name, kw) for name, row in _specs.ACTIVATIONS.items() for kw in param_variants(row)]
 
 #: fused vs layer-by-layer: the same GEMM, the epilogue in another order of rounding at most
 CLOSE = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),

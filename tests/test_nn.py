@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import assert_close, layer_variants
+from helpers import assert_close, param_variants
 
 from fastbp import layers, nn, optim
 from fastbp._specs import ACTIVATIONS as SPEC_ACTIVATIONS
@@ -10,7 +10,7 @@ from fastbp.gradcheck import check_model_gradients
 
 #: an instance of every activation class, for each parameter variant of its spec-table row
 ACT_INSTANCES = [nn.ACTIVATIONS[name](**kw) for name, row in SPEC_ACTIVATIONS.items()
-                 for kw in layer_variants(row)]
+                 for kw in param_variants(row)]
 
 
 def _mlp(sizes, act="relu", dtype=np.float64, seed=0, loss="softmax", **kw):

@@ -20,6 +20,7 @@ import pytest
 from helpers import TOL
 
 from fastbp import _kernels, reference
+from fastbp._specs import ACTIVATIONS
 from fastbp.reference import fused as ref_fused
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -57,7 +58,7 @@ _OPTIONAL = {"b", "db"}
 #: scalar argument -> strategy
 SCALARS = {
     "alpha": st.sampled_from([0.0, 0.01, 0.5, 1.0, 1.7]),
-    "approximate": st.booleans(),
+    "approximate": st.sampled_from(ACTIVATIONS["gelu"].forms),
     "activation": st.sampled_from(sorted(ref_fused.ACTIVATION_CODES)),
     "scale": st.sampled_from([1.0, 0.5, -0.1, 1 / 7]),
     "beta": st.sampled_from([0.0, 1.0, 0.5]),

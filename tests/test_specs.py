@@ -93,7 +93,13 @@ def test_cli_choices_come_from_the_registries():
 def test_forms_and_conditions():
     gelu, leaky = _specs.ACTIVATIONS["gelu"], _specs.ACTIVATIONS["leaky_relu"]
     assert gelu.fused("tanh") == _specs.FusedActivation("gelu_tanh", 0.0, True)
-    assert gelu.kernel_scalars("tanh") == (True,) and gelu.kernel_scalars("none") == (False,)
+    assert gelu.kernel_scalars("tanh") == ("tanh",) and gelu.kernel_scalars("none") == ("none",)
+    assert gelu.kernel_param == "approximate='none'" and gelu.checked_form("tanh") == "tanh"
+    for bad in ("fast", True, False, None, "TANH"):
+        with pytest.raises(ValueError, match=r"^gelu: approximate must be 'none' or 'tanh', "):
+            gelu.checked_form(bad, "gelu: ")
+    with pytest.raises(ValueError, match="approximate must be"):
+        gelu.fused("fast")
     assert leaky.fused(0.2) == _specs.FusedActivation("leaky_relu", 0.2, False)
     assert leaky.fused(-0.5) is None  # the output form needs alpha >= 0
     assert np.dtype(type(leaky.fused(1).alpha)) == np.float64

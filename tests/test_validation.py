@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastbp import _validation as val
-from fastbp import data, models, nn, optim
+from fastbp import autograd, data, layers, models, nn, optim
 from fastbp.compat import simple_ml
 
 
@@ -39,6 +39,23 @@ def test_real_mistakes_read_the_same_everywhere(call):
         call("0.1")
     with pytest.raises(ValueError, match=r"must be finite, got nan$"):
         call(float("nan"))
+
+
+@pytest.mark.parametrize("call", [
+    lambda v: layers.dropout_forward(np.ones(3), {"mode": "train", "p": 0.5, "seed": v}),
+    lambda v: autograd.dropout(autograd.Tensor(np.ones(3)), 0.5, seed=v),
+    lambda v: models.FullyConnectedNet([4], input_dim=3, dropout_keep_ratio=0.5, seed=v),
+], ids=["layers.dropout_forward", "autograd.dropout", "models.FullyConnectedNet"])
+def test_seed_mistakes_read_the_same_everywhere(call):
+    with pytest.raises(TypeError, match=r"seed'?\]? must be an integer, got float$"):
+        call(1.0)
+    with pytest.raises(TypeError, match=r"must be an integer, got bool$"):
+        call(True)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\*\*64\), got -1$"):
+        call(-1)
+    with pytest.raises(ValueError, match=rf"must lie in \[0, 2\*\*64\), got {2**64}$"):
+        call(2**64)
+    call(2**64 - 1)
 
 
 def test_helpers():

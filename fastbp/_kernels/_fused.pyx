@@ -16,8 +16,9 @@ b. What the backward reads: the saved OUTPUT a for relu, leaky_relu (alpha >= 0)
    Negative alpha breaks the output form; the planner (fastbp._planner, from the spec table's
    ``output_form_valid``) never fuses it.
 c. Layout and ownership: C-contiguous (N, M) ndarrays of float32 or float64, all passed in;
-   nothing is allocated.  The entry checks them with the NumPy C-API (_arrays.pxd), as every
-   kernel module does.
+   nothing is allocated.  The entry checks them with the NumPy C-API (_arrays.pxd), as
+   _activations, _optim, _dropout and _norm do (_losses and the test-facing
+   _blas.gemm still take typed memoryviews).
 d. Parallelism: the epilogue runs over rows; the backward over blocks of 256 columns, each
    thread owning whole columns and adding the rows in order, so db is identical for any thread
    count (the same order as _linear's bias gradient).  The activation is chosen once per row

@@ -19,8 +19,9 @@ c. Parallel work here is only the O(N·M) bias epilogue (over rows) and the bias
 d. Optional buffers: b = None (no bias), dx / dw / db = None (not computed; the first layer of
    a network needs no dx).
 e. Entry: ndarrays checked with the NumPy C-API (_arrays.pxd: type, the dtype of the first
-   array, 2-D, C order, outputs writeable, shapes), as every kernel module does; then one
-   float or double call of the pointer loops.
+   array, 2-D, C order, outputs writeable, shapes), as _activations, _optim,
+   _dropout and _norm do (_losses and the test-facing _blas.gemm still take typed
+   memoryviews); then one float or double call of the pointer loops.
 """
 cimport numpy as cnp
 from cython cimport floating

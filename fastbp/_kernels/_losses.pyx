@@ -22,10 +22,12 @@ d. Numerics:
    - Softmax shifts by the row max before exp, so exp never overflows (logits of ±1e4 are fine
      in float32), and takes the loss as logsumexp - z_y = log(Σ exp(z - max)) - (z_y - max).
      The sum is >= 1 (the max contributes exp(0) = 1), so there is never a log of a rounded 0.
-   - exp is ``vexp`` (csrc/fastbp_math.h, branch-free so the loop vectorises: 4 float / 2
-     double lanes in the baseline x86-64 SSE2 build, 8 / 4 if built for AVX2).  A scalar libm
-     ``expf`` made this kernel 0.9x NumPy at C = 1000; results below the smallest normal flush
-     to 0, which is harmless in a sum >= 1.
+   - exp is ``vexp`` (csrc/fastbp_math.h, branch-free so the loop vectorises).  The exp and
+     log loops (_loss_math.pxd) are ``cloned_void`` functions: gcc builds them for AVX-512,
+     AVX2 and the baseline (SSE2) and picks one per CPU at load time, every clone doing the
+     same IEEE operations (no FMA contraction under -std=c99), so results do not depend on the
+     CPU.  A scalar libm ``expf`` made this kernel 0.9x NumPy at C = 1000; results below the
+     smallest normal flush to 0, which is harmless in a sum >= 1.
    - One exp per element: the rows of a block of ROWS = 32 are shifted (z - max) into the
      gradient buffer, ONE vectorised exp pass runs over the whole block in place, then each
      row is summed and rescaled in place by scale/Σ.  The exp, the shift and the rescale stay
@@ -49,16 +51,17 @@ d. Numerics:
 e. Not done: no mean (``scale`` is explicit; the public layer passes 1/N or 1/(N·D)); no label
    smoothing, class weights or ignore_index; no non-contiguous inputs (the Python layer makes
    them contiguous); no in-place gradient over the inputs (it would overwrite z_y / s_y before
-   they are read).  Choosing n_threads (serial for small work) is the caller's policy.  No
-   per-CPU dispatch: the exp loop runs at baseline SSE2 width (measured on the exp loop alone:
-   an AVX2 clone via GCC target_clones is 2.7x faster); that is a build/csrc decision, not this
-   module's.
+   they are read).  Choosing n_threads (serial for small work) is the caller's policy.
 """
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
+from ._arrays cimport check_threads
 from ._loss_math cimport ROWS, mse_row, softmax_xent_rows, svm_row
+
+cnp.import_array()
 
 __all__ = ["softmax_cross_entropy", "svm_hinge", "mse"]
 
@@ -82,8 +85,7 @@ cdef int _check_common(str fn, str x_name, Py_ssize_t n, Py_ssize_t c, object ou
                          f"{x_name} has shape ({n}, {c})")
     if rl_n != n:
         raise ValueError(f"{fn}: row_loss has shape ({rl_n},), expected ({n},) rows of {x_name}")
-    if n_threads < 1:
-        raise ValueError(f"{fn}: n_threads must be >= 1, got {n_threads}")
+    check_threads(fn, n_threads)
     return 0
 
 

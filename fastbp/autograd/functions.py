@@ -450,11 +450,7 @@ def gelu(x, approximate="none"):
     ValueError
         If `approximate` is not ``"none"`` or ``"tanh"``.
     """
-    forms = _specs.ACTIVATIONS["gelu"].forms
-    if approximate not in forms:
-        raise ValueError(f"gelu: approximate must be {' or '.join(map(repr, forms))}, got "
-                         f"{approximate!r}")
-    return _activation(x, "gelu", approximate)
+    return _activation(x, "gelu", _specs.ACTIVATIONS["gelu"].checked_form(approximate, "gelu: "))
 
 
 # ------------------------------------------------------------------------ the affine layer
@@ -643,10 +639,7 @@ def dropout(x, p, seed):
     p = val.finite_real(p, "p")
     if not 0 <= p < 1:
         raise ValueError(f"dropout: p must lie in [0, 1), got {p}")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"dropout: seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"dropout: seed must lie in [0, 2**64), got {seed}")
+    seed = val.random_seed(seed, "dropout: seed")
     xd, tx = _array_operand(x, "x")
     xd = _float(xd)
     out = np.empty(xd.shape, xd.dtype)

@@ -2,7 +2,9 @@
 
 Each kernel writes into the given 1-D buffer (``out`` / ``dx``) and returns None; all buffers of
 one call must have the same length.  ``n_threads`` is accepted and ignored.  Sigmoid and tanh
-backward read the forward OUTPUT y; the others read the forward input x.  Formulas are the
+backward read the forward OUTPUT y; the others read the forward input x.  GELU's form is
+``approximate="none" | "tanh"``, checked against the spec row (fastbp._specs) with the compiled
+kernels' message.  Formulas are the
 numerically stable ones (expit, expm1, ndtr), since this module is the oracle the kernels are
 tested against.
 """
@@ -11,6 +13,8 @@ import math
 
 import numpy as np
 from scipy.special import expit, ndtr
+
+from .._specs import ACTIVATIONS
 
 __all__ = [
     "relu_forward", "relu_backward",
@@ -25,6 +29,7 @@ __all__ = [
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 _GELU_K = 0.044715
+_GELU = ACTIVATIONS["gelu"]
 
 
 def _check(kernel, **buffers):
@@ -101,20 +106,23 @@ def _gelu_tanh_u(x):
             _SQRT_2_OVER_PI * (1 + 3 * _GELU_K * x**2))
 
 
-def gelu_forward(x, out, approximate=False, n_threads=1):
-    """out := x * Phi(x); approximate: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x**3)))."""
+def gelu_forward(x, out, approximate="none", n_threads=1):
+    """out := x * Phi(x); approximate='tanh': 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715
+    x**3)))."""
+    form = _GELU.checked_form(approximate, "gelu_forward: ")
     _check("gelu_forward", x=x, out=out)
-    if approximate:
+    if form == "tanh":
         u, _ = _gelu_tanh_u(x)
         out[...] = x * expit(2 * u)  # = 0.5*x*(1 + tanh(u)), without the cancellation for x << 0
     else:
         out[...] = x * ndtr(x)  # ndtr(x) = Phi(x) = 0.5*(1 + erf(x/sqrt(2))), accurate in the tail
 
 
-def gelu_backward(dout, x, dx, approximate=False, n_threads=1):
+def gelu_backward(dout, x, dx, approximate="none", n_threads=1):
     """dx := dout * (Phi(x) + x * phi(x)) (or the exact derivative of the tanh form), from x."""
+    form = _GELU.checked_form(approximate, "gelu_backward: ")
     _check("gelu_backward", dout=dout, x=x, dx=dx)
-    if approximate:
+    if form == "tanh":
         u, du = _gelu_tanh_u(x)
         # d/dx [x * sigmoid(2u)] = sigmoid(2u) + 2x * sigmoid(2u) * sigmoid(-2u) * du
         dx[...] = dout * (expit(2 * u) + 2 * x * expit(2 * u) * expit(-2 * u) * du)
