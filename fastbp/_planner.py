@@ -49,14 +49,49 @@ from ._kernels._step import UPDATE_KINDS, FusedStep
 from .backend import get_backend, kernels
 
 
+class FusedNorm(NamedTuple):
+    """How a normalization layer runs inside the fused step: what its ``fused_norm`` declares
+    (fastbp.nn.BatchNorm1d, LayerNorm), read from the layer as it is now."""
+
+    layer: object                #: the layer (its position follows its GEMM layer)
+    statistics: str              #: "batch" (batch norm, training: the batch's statistics, the
+    #: running averages updated), "running" (batch norm, inference), "row" (layer norm)
+    dtype: np.dtype
+    features: int                #: D, the GEMM layer's out_features
+    gamma: np.ndarray            #: (D,) scale and shift: the layer's parameters (fixed ones
+    beta: np.ndarray             #: without affine)
+    dgamma: np.ndarray           #: (D,) where backward writes their gradients
+    dbeta: np.ndarray
+    trained: tuple               #: ("gamma", "beta"): parameter names, or () without affine
+    running_mean: Optional[np.ndarray]  #: (D,) batch norm's running averages, else None
+    running_var: Optional[np.ndarray]
+    eps: float                   #: inside the square root, >= 0
+    momentum: float              #: weight of the OLD running value (the kernels' convention)
+
+
+#: FusedNorm.statistics -> the forward kernel's name
+_NORM_FORWARD = {"batch": "batchnorm_forward_train", "running": "batchnorm_forward_test",
+                 "row": "layernorm_forward"}
+
+
 class Stage(NamedTuple):
-    """One GEMM layer of a plan and the activation fused after it."""
+    """One GEMM layer of a plan and the norm and activation fused after it."""
 
     index: int                                   #: its position in the layer list
     linear: object                               #: the layer (its ``params`` / ``grads``)
     W: np.ndarray                                #: (in_features, out_features)
     b: Optional[np.ndarray]                      #: (out_features,) or None
+    norm: Optional[FusedNorm]                    #: None: no normalization after it
     activation: Optional[_specs.FusedActivation]  #: None: no activation after it
+
+    def parameters(self):
+        """(name, array) of every parameter the step trains, in order: W, b, gamma, beta."""
+        items = [(f"{self.index}.{pname}", p) for pname, p in (("W", self.W), ("b", self.b))
+                 if p is not None]
+        if self.norm is not None:
+            items += [(f"{self.index + 1}.{pname}", getattr(self.norm, pname))
+                      for pname in self.norm.trained]
+        return items
 
 
 class Plan(NamedTuple):
@@ -106,31 +141,47 @@ def fusion_plan(layers, previous=None):
             return None
         if prev is not None and (lin.in_features != prev.out_features or lin.dtype != prev.dtype):
             return None
-        act = None
-        if i + 1 < count and not getattr(layers[i + 1], "fused_linear", False):
-            act = getattr(layers[i + 1], "fused_activation", None)
+        j, norm, act = i + 1, None, None
+        if j < count and not getattr(layers[j], "fused_linear", False):
+            norm = getattr(layers[j], "fused_norm", None)
+            if norm is not None:
+                if norm.features != lin.out_features or norm.dtype != lin.dtype:
+                    return None
+                j += 1
+        if j < count and not getattr(layers[j], "fused_linear", False):
+            act = getattr(layers[j], "fused_activation", None)
             if act is None:
                 return None
+            j += 1
         W, b = lin.params.get("W"), lin.params.get("b")
-        stages.append(Stage(i, lin, W, b, act))
-        key.append(_stage_key(i, lin, W, b, act))
-        prev, i = lin, i + 1 + (act is not None)
+        stages.append(Stage(i, lin, W, b, norm, act))
+        key.append(_stage_key(i, lin, W, b, norm, act))
+        prev, i = lin, j
     if not stages:
         return None
     dtype = stages[0].linear.dtype
     return Plan(tuple(stages), dtype, (dtype, count, *key))
 
 
-def _stage_key(i, lin, W, b, act):
+def _stage_key(i, lin, W, b, norm, act):
     return (i, id(lin), lin.in_features, lin.out_features, id(W), getattr(W, "shape", None),
-            id(b), getattr(b, "shape", None), act)
+            id(b), getattr(b, "shape", None), _norm_key(norm), act)
+
+
+def _norm_key(norm):
+    """Everything a FusedNorm describes: its scalars and names as they are, the layer and
+    arrays by identity (with their shapes)."""
+    if norm is None:
+        return None
+    return tuple(v if isinstance(v, (str, float, int, tuple, np.dtype)) or v is None
+                 else (id(v), getattr(v, "shape", None)) for v in norm)
 
 
 def _describes(plan, layers):
     """True when deriving the plan of `layers` now would give `plan`'s key again: the same
     layer count and layers, each GEMM layer still fusing with the same sizes, dtype and
-    parameter arrays (and their shapes), each activation still fusing with the same code and
-    scalar."""
+    parameter arrays (and their shapes), each norm still declaring the same mode, scalars and
+    arrays, each activation still fusing with the same code and scalar."""
     dtype, count, *keys = plan.key
     if len(layers) != count:
         return False
@@ -139,10 +190,11 @@ def _describes(plan, layers):
         if layers[i] is not lin or not lin.fused_linear or lin.dtype != dtype:
             return False
         params = lin.params
-        if _stage_key(i, lin, params.get("W"), params.get("b"), act) != key:
+        norm = None if s.norm is None else getattr(layers[i + 1], "fused_norm", None)
+        if _stage_key(i, lin, params.get("W"), params.get("b"), norm, act) != key:
             return False
         if act is not None:
-            layer = layers[i + 1]
+            layer = layers[i + 1 + (s.norm is not None)]
             if (getattr(layer, "fused_linear", False)
                     or getattr(layer, "fused_activation", None) != act):
                 return False
@@ -165,13 +217,36 @@ def check_written(name, a, dtype, shape, hint=""):
         raise ValueError(f"train_step: {name} is read-only, but the step writes it")
 
 
-def _check_parameters(plan):
+#: FusedNorm array -> what an error calls it (the step writes every one of them)
+_NORM_ARRAYS = {"gamma": "parameter", "beta": "parameter", "dgamma": "gradient",
+                "dbeta": "gradient", "running_mean": "buffer", "running_var": "buffer"}
+
+
+def _check_parameters(plan, n):
+    """Check every parameter, gradient and buffer the step writes, and that each norm can
+    train on a batch of `n` rows, before anything is written."""
     for s in plan.stages:
         lin = s.linear
         check_written(f"parameter '{s.index}.W'", s.W, plan.dtype,
                       (lin.in_features, lin.out_features))
         if s.b is not None:
             check_written(f"parameter '{s.index}.b'", s.b, plan.dtype, (lin.out_features,))
+        if s.norm is not None:
+            _check_norm(s.index + 1, s.norm, n)
+
+
+def _check_norm(index, norm, n):
+    if norm.statistics == "running":
+        raise RuntimeError(f"train_step: {norm.layer!r} is in inference mode (.eval()): batch "
+                           f"norm has no backward from its running statistics; call .train()")
+    if norm.statistics == "batch" and n < 2:
+        raise ValueError(f"{norm.layer!r}: training mode needs more than 1 value per feature, "
+                         f"got a batch of {n} row(s) (use .eval() for single samples)")
+    for name, kind in _NORM_ARRAYS.items():
+        array = getattr(norm, name)
+        if array is not None:
+            check_written(f"{kind} '{index}.{name.lstrip('d') if kind == 'gradient' else name}'",
+                          array, norm.dtype, (norm.features,))
 
 
 def _folds(plan, optimizer):
@@ -199,7 +274,7 @@ class StepCache:
     def __init__(self, buffers):
         self.buffers = buffers  # get(name, shape, dtype) -> a reused array (the model's kind)
         self.plan_key = self.plan = None
-        self.names = ()  # the plan's parameter names, in order ("0.W", "0.b", "2.W", ...)
+        self.names = ()  # the plan's parameter names, in order ("0.W", "0.b", "1.gamma", ...)
         self.compiled = {}
 
     def __reduce__(self):
@@ -212,8 +287,7 @@ class StepCache:
         if plan is not self.plan:
             if self.plan_key != plan.key:
                 self.compiled.clear()
-                self.names = tuple(f"{s.index}.{pname}" for s in plan.stages
-                                   for pname, p in (("W", s.W), ("b", s.b)) if p is not None)
+                self.names = tuple(name for s in plan.stages for name, _ in s.parameters())
             self.plan_key, self.plan = plan.key, plan  # the plan keeps the key's objects alive
         key = (n, loss_kernel, update.kind, self._state_ids(optimizer, update))
         step = self.compiled.get(key)
@@ -251,7 +325,7 @@ _NO_STATE = MappingProxyType({})
 
 def _build_step(plan, optimizer, update, n, loss_kernel):
     """A new FusedStep; every array it writes is checked here (and its flags on every run)."""
-    _check_parameters(plan)
+    _check_parameters(plan, n)
     dtype, layers, written = plan.dtype, [], []
     folds = _folds(plan, optimizer) if update.kind == "sgd" else None
     for pos, s in enumerate(plan.stages):
@@ -294,37 +368,47 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
     value = _compiled_step(plan, cache, x, y, loss, optimizer)
     if value is not None:
         return value
-    _check_parameters(plan)
     k = kernels()
     n, dtype = x.shape[0], plan.dtype
+    _check_parameters(plan, n)
     get = cache.buffers.get
 
-    # forward: keep each layer's input and what its activation's backward reads
-    inputs, saved = [], []
+    # forward: keep each layer's input, each norm's input and statistics, and what each
+    # activation's backward reads.  Batch norm's running averages are updated in work copies,
+    # committed once nothing can fail any more (the loss checks its labels after the forward)
+    inputs, saved, normed, running = [], [], [], []
     h = x
     for i, s in enumerate(plan.stages):
         out = get(f"out{i}", (n, s.linear.out_features), dtype)
         threads = threads_for(out.size)
-        act = s.activation
-        if act is None:
+        act, norm = s.activation, s.norm
+        pre = get(f"pre{i}", out.shape, dtype) if act is not None and act.reads_input else None
+        if norm is not None:
+            z = get(f"z{i}", out.shape, dtype)
+            k.linear_forward(h, s.W, s.b, z, threads)
+            normed.append((z, *_norm_forward(k, norm, z, out, get, i, threads, running)))
+            if act is not None:
+                k.bias_act_forward(out, None, act.code, act.alpha, pre, threads)
+        elif act is None:
             k.linear_forward(h, s.W, s.b, out, threads)
-            saved.append(None)
         else:
-            pre = get(f"pre{i}", out.shape, dtype) if act.reads_input else None
             k.linear_act_forward(h, s.W, s.b, act.code, act.alpha, pre, out, threads)
-            saved.append(pre if pre is not None else out)
+        if norm is None:
+            normed.append(None)
+        saved.append(None if act is None else pre if pre is not None else out)
         inputs.append(h)
         h = out
 
-    value = loss.forward(h, y)  # validates the labels / targets: nothing has changed yet
+    value = loss.forward(h, y)  # validates the labels / targets: no parameter has changed yet
     d = loss.backward()
-    folds = _folds(plan, optimizer)  # checks every fold target: still nothing written
+    folds = _folds(plan, optimizer)  # checks every fold target: still no parameter written
 
-    # backward with the update folded into the GEMMs where the optimizer allows it
+    # backward with the update folded into the GEMMs where the optimizer allows it; the norms'
+    # gamma and beta get their gradients and are updated by optimizer.step at the end
     unfolded_params, unfolded_grads = {}, {}
     for i in range(len(plan.stages) - 1, -1, -1):
         s = plan.stages[i]
-        lin, act = s.linear, s.activation
+        lin, act, norm = s.linear, s.activation, s.norm
         targets = {}
         for pname, param in (("W", s.W), ("b", s.b)):
             if param is None:
@@ -339,7 +423,20 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
         w_target, scale, beta, w_finish = targets["W"]
         b_target, b_scale, b_beta, b_finish = targets.get("b", (None, scale, beta, None))
         threads = threads_for(d.size)
-        if act is not None:
+        if norm is not None:
+            if act is not None:
+                k.act_backward_bias(d, saved[i], act.code, act.alpha, d, None, 1.0, 0.0,
+                                    threads)
+            z, mean, inv_std = normed[i]
+            getattr(k, "layernorm_backward" if norm.statistics == "row" else
+                    "batchnorm_backward")(d.reshape(-1), z.reshape(-1), norm.gamma, mean, inv_std,
+                                          d.reshape(-1), norm.dgamma, norm.dbeta, threads)
+            for pname in norm.trained:
+                full = f"{s.index + 1}.{pname}"
+                unfolded_params[full] = getattr(norm, pname)
+                unfolded_grads[full] = getattr(norm, "d" + pname)
+            act = None  # what is left is the GEMM layer's own backward
+        elif act is not None:
             k.act_backward_bias(d, saved[i], act.code, act.alpha, d, b_target, b_scale, b_beta,
                                 threads)
         dx = get(f"dx{i}", (n, lin.in_features), dtype) if i > 0 else None
@@ -354,7 +451,37 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
         d = dx
     if unfolded_params:
         optimizer.step(unfolded_params, unfolded_grads)
+    for target, update in running:
+        np.copyto(target, update)
     return value
+
+
+def _norm_forward(k, norm, x, out, get, i, threads, running=None):
+    """out := the norm of x (N, D) with the kernel `norm.statistics` names; returns the
+    (mean, inv_std) its backward reads (float64 work buffers; None for the running statistics).
+    Batch norm in training mode updates copies of the running averages, appended to `running`
+    as (running array, its update) pairs for the caller to commit."""
+    kernel = getattr(k, _NORM_FORWARD[norm.statistics])
+    x, out = x.reshape(-1), out.reshape(-1)
+    if norm.statistics == "running":
+        kernel(x, norm.gamma, norm.beta, norm.running_mean, norm.running_var, out, norm.eps,
+               threads)
+        return None, None
+    count = norm.features if norm.statistics == "batch" else len(x) // norm.features
+    mean = get(f"norm_mean{i}", (count,), np.float64)
+    inv_std = get(f"norm_inv_std{i}", (count,), np.float64)
+    if norm.statistics == "batch":
+        updates = []
+        for name in ("running_mean", "running_var"):
+            update = get(f"norm_{name}{i}", (norm.features,), norm.dtype)
+            np.copyto(update, getattr(norm, name))
+            running.append((getattr(norm, name), update))
+            updates.append(update)
+        kernel(x, norm.gamma, norm.beta, out, mean, inv_std, *updates, norm.eps, norm.momentum,
+               True, threads)
+    else:
+        kernel(x, norm.gamma, norm.beta, out, mean, inv_std, norm.eps, threads)
+    return mean, inv_std
 
 
 def _compiled_step(plan, cache, x, y, loss, optimizer):
@@ -367,7 +494,7 @@ def _compiled_step(plan, cache, x, y, loss, optimizer):
     fused_update = getattr(optimizer, "fused_update", None)
     update = fused_update() if fused_update is not None else None
     n = x.shape[0]
-    if update is None or n == 0:
+    if update is None or n == 0 or any(s.norm is not None for s in plan.stages):
         return None
     n_out = plan.stages[-1].linear.out_features
     labels = target = None

@@ -35,7 +35,7 @@ import numpy as np
 from . import _specs
 from . import _validation as val
 from ._config import threads_for
-from ._planner import StepCache, fused_forward, fused_train_step, fusion_plan
+from ._planner import FusedNorm, StepCache, fused_forward, fused_train_step, fusion_plan
 from ._npz import read_arrays, source_name
 from .backend import kernels
 
@@ -889,6 +889,15 @@ class _Norm(Module):
             return self.grads["gamma"], self.grads["beta"]
         return self._fixed["dgamma"], self._fixed["dbeta"]
 
+    def _declare(self, cls, statistics, running=(None, None), momentum=0.0):
+        """The FusedNorm of this layer as it is now (see ``fused_norm``); None when `cls`'s
+        forward or backward is overridden (the fused kernels would not know that math)."""
+        if type(self).forward is not cls.forward or type(self).backward is not cls.backward:
+            return None
+        return FusedNorm(self, statistics, self.dtype, self.num_features, *self._gamma_beta(),
+                         *self._param_grads(), ("gamma", "beta") if self.affine else (),
+                         *running, val.real(self.eps, "eps", minimum=0), momentum)
+
     def _input(self, x):
         a = val.as_array(x, "x")
         if a.ndim != 2 or a.shape[1] != self.num_features:
@@ -983,6 +992,16 @@ class BatchNorm1d(_Norm):
         """Fill grads (dgamma, dbeta) and return dL/dx (training-mode forward only)."""
         return self._backward("batchnorm_backward", dout)
 
+    @property
+    def fused_norm(self):
+        """How the fused step runs this layer (fastbp._planner.FusedNorm), read from its
+        CURRENT mode, eps, momentum and arrays: batch statistics in training mode (the running
+        averages updated in place, as :meth:`forward` does), the running ones in inference mode;
+        None for a subclass overriding forward or backward."""
+        return self._declare(BatchNorm1d, "batch" if self.training else "running",
+                             (self.buffers["running_mean"], self.buffers["running_var"]),
+                             1.0 - val.unit_interval(self.momentum, "momentum"))
+
 
 class LayerNorm(_Norm):
     """Layer normalization over the last axis of (N, num_features) input (PyTorch semantics:
@@ -1022,6 +1041,12 @@ class LayerNorm(_Norm):
     def backward(self, dout):
         """Fill grads (dgamma, dbeta) and return dL/dx."""
         return self._backward("layernorm_backward", dout)
+
+    @property
+    def fused_norm(self):
+        """How the fused step runs this layer (fastbp._planner.FusedNorm): each row's own
+        statistics, in both modes; None for a subclass overriding forward or backward."""
+        return self._declare(LayerNorm, "row")
 
 
 #: MLP(norm=...) name -> normalization class
