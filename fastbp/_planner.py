@@ -45,7 +45,7 @@ import numpy as np
 from . import _config, _specs
 from . import _validation as val
 from ._config import threads_for
-from ._kernels._step import UPDATE_KINDS, FusedStep
+from ._kernels._step import NORM_KINDS, UPDATE_KINDS, FusedStep
 from .backend import get_backend, kernels
 
 
@@ -117,6 +117,27 @@ class StepLayer(NamedTuple):
     alpha: float
     W_state: tuple = ()           #: Adam's (exp_avg, exp_avg_sq) / RMSProp's (square_avg,) of W
     b_state: tuple = ()
+    norm: Optional["StepNorm"] = None  #: the normalization between the GEMM and the activation
+
+
+class StepNorm(NamedTuple):
+    """The normalization of one layer of a compiled step (what ``FusedStep`` points into)."""
+
+    kind: int                     #: fastbp._kernels._step.NORM_KINDS[FusedNorm.statistics]
+    z: np.ndarray                 #: (n, out_features) the GEMM's output, the norm's input
+    gamma: np.ndarray
+    beta: np.ndarray
+    dgamma: np.ndarray
+    dbeta: np.ndarray
+    mean: np.ndarray              #: float64 statistics: (out_features,) batch norm, (n,) layer
+    inv_std: np.ndarray
+    running_mean: Optional[np.ndarray]
+    running_var: Optional[np.ndarray]
+    eps: float
+    momentum: float
+    trained: bool                 #: gamma and beta are parameters the step updates
+    gamma_state: tuple = ()       #: their optimizer state (the velocity for momentum SGD)
+    beta_state: tuple = ()
 
 
 _ACT_CODES = {code: i for i, code in enumerate(_specs.FUSED_ACTIVATIONS)}
@@ -217,9 +238,12 @@ def check_written(name, a, dtype, shape, hint=""):
         raise ValueError(f"train_step: {name} is read-only, but the step writes it")
 
 
-#: FusedNorm array -> what an error calls it (the step writes every one of them)
-_NORM_ARRAYS = {"gamma": "parameter", "beta": "parameter", "dgamma": "gradient",
-                "dbeta": "gradient", "running_mean": "buffer", "running_var": "buffer"}
+#: FusedNorm array -> what an error calls it, given the layer's index (the step writes every
+#: one of them)
+_NORM_ARRAYS = {"gamma": "parameter '{}.gamma'", "beta": "parameter '{}.beta'",
+                "dgamma": "gradient '{}.gamma'", "dbeta": "gradient '{}.beta'",
+                "running_mean": "buffer '{}.running_mean'",
+                "running_var": "buffer '{}.running_var'"}
 
 
 def _check_parameters(plan, n):
@@ -242,11 +266,10 @@ def _check_norm(index, norm, n):
     if norm.statistics == "batch" and n < 2:
         raise ValueError(f"{norm.layer!r}: training mode needs more than 1 value per feature, "
                          f"got a batch of {n} row(s) (use .eval() for single samples)")
-    for name, kind in _NORM_ARRAYS.items():
+    for name, label in _NORM_ARRAYS.items():
         array = getattr(norm, name)
         if array is not None:
-            check_written(f"{kind} '{index}.{name.lstrip('d') if kind == 'gradient' else name}'",
-                          array, norm.dtype, (norm.features,))
+            check_written(label.format(index), array, norm.dtype, (norm.features,))
 
 
 def _folds(plan, optimizer):
@@ -328,6 +351,17 @@ def _build_step(plan, optimizer, update, n, loss_kernel):
     _check_parameters(plan, n)
     dtype, layers, written = plan.dtype, [], []
     folds = _folds(plan, optimizer) if update.kind == "sgd" else None
+
+    def state_of(name, param):
+        """The optimizer state arrays of a parameter the step updates with _optim's sweeps."""
+        state = optimizer.prepare_state(name, param, update.state_keys)
+        arrays = tuple(state[key] for key in update.state_keys)
+        for array in arrays:
+            check_written(f"optimizer state for '{name}'", array, dtype, param.shape,
+                          hint="; call reset() after changing the parameters")
+            written.append((f"optimizer state for '{name}'", array))
+        return arrays
+
     for pos, s in enumerate(plan.stages):
         lin, act = s.linear, s.activation
         targets, states = {}, {}
@@ -338,25 +372,44 @@ def _build_step(plan, optimizer, update, n, loss_kernel):
             written.append((f"parameter '{name}'", param))
             if folds is not None:  # SGD: the GEMM writes the parameter or its velocity
                 targets[pname], states[pname] = folds[pos, pname].target, ()
-            else:  # Adam / RMSProp: the gradient into a buffer, then the update sweep
-                targets[pname] = np.empty_like(param)
-                state = optimizer.prepare_state(name, param, update.state_keys)
-                states[pname] = tuple(state[key] for key in update.state_keys)
-            for array in (targets[pname],) * (folds is not None) + states[pname]:
-                if array is not param:
-                    check_written(f"optimizer state for '{name}'", array, dtype, param.shape,
+                target = folds[pos, pname].target
+                if target is not param:
+                    check_written(f"optimizer state for '{name}'", target, dtype, param.shape,
                                   hint="; call reset() after changing the parameters")
-                    written.append((f"optimizer state for '{name}'", array))
+                    written.append((f"optimizer state for '{name}'", target))
+            else:  # Adam / RMSProp: the gradient into a buffer, then the update sweep
+                targets[pname], states[pname] = np.empty_like(param), state_of(name, param)
         out = np.empty((n, lin.out_features), dtype)
         layers.append(StepLayer(
             s.W, s.b, targets["W"], targets.get("b"), out,
             np.empty_like(out) if act is not None and act.reads_input else None,
             np.empty((n, lin.in_features), dtype) if pos > 0 else None,
             _ACT_CODES[act.code] if act is not None else _ACT_CODES["identity"],
-            act.alpha if act is not None else 0.0, states["W"], states.get("b", ())))
+            act.alpha if act is not None else 0.0, states["W"], states.get("b", ()),
+            _step_norm(s, out, state_of, written) if s.norm is not None else None))
     dlogits = np.empty((n, plan.stages[-1].linear.out_features), dtype)
     return FusedStep(layers, _specs.LOSS_CODES[loss_kernel], dlogits, np.empty(n, np.float64),
                      written, UPDATE_KINDS[update.kind])
+
+
+def _step_norm(stage, out, state_of, written):
+    """The StepNorm of `stage` (checked by _check_parameters) for a batch of out's rows; every
+    array it writes goes to `written`."""
+    norm, index = stage.norm, stage.index + 1
+    n = out.shape[0]
+    count = norm.features if norm.statistics == "batch" else n
+    states = {}
+    for name in ("gamma", "beta"):
+        if name in norm.trained:
+            states[name] = state_of(f"{index}.{name}", getattr(norm, name))
+    for name, label in _NORM_ARRAYS.items():
+        array = getattr(norm, name)
+        if array is not None:
+            written.append((label.format(index), array))
+    return StepNorm(NORM_KINDS[norm.statistics], np.empty_like(out), norm.gamma, norm.beta,
+                    norm.dgamma, norm.dbeta, np.empty(count), np.empty(count),
+                    norm.running_mean, norm.running_var, norm.eps, norm.momentum,
+                    bool(norm.trained), states.get("gamma", ()), states.get("beta", ()))
 
 
 def fused_train_step(plan, cache, x, y, loss, optimizer):
@@ -494,7 +547,7 @@ def _compiled_step(plan, cache, x, y, loss, optimizer):
     fused_update = getattr(optimizer, "fused_update", None)
     update = fused_update() if fused_update is not None else None
     n = x.shape[0]
-    if update is None or n == 0 or any(s.norm is not None for s in plan.stages):
+    if update is None or n == 0:
         return None
     n_out = plan.stages[-1].linear.out_features
     labels = target = None
