@@ -273,18 +273,17 @@ def _check_norm(index, norm, n):
 
 
 def _folds(plan, optimizer):
-    """{(stage position, parameter name): GemmFold or None}, every written target checked."""
+    """{parameter name ("0.W", "1.gamma", ...): GemmFold or None} for every parameter of the
+    plan, every written target checked."""
     fold = getattr(optimizer, "gemm_fold", None)
     folds = {}
-    for pos, s in enumerate(plan.stages):
-        for pname, param in (("W", s.W), ("b", s.b)):
-            if param is None:
-                continue
-            f = fold(f"{s.index}.{pname}", param) if fold is not None else None
+    for s in plan.stages:
+        for name, param in s.parameters():
+            f = fold(name, param) if fold is not None else None
             if f is not None and f.target is not param:
-                check_written(f"optimizer state for '{s.index}.{pname}'", f.target, plan.dtype,
+                check_written(f"optimizer state for '{name}'", f.target, plan.dtype,
                               param.shape)
-            folds[pos, pname] = f
+            folds[name] = f
     return folds
 
 
@@ -371,8 +370,8 @@ def _build_step(plan, optimizer, update, n, loss_kernel):
             name = f"{s.index}.{pname}"
             written.append((f"parameter '{name}'", param))
             if folds is not None:  # SGD: the GEMM writes the parameter or its velocity
-                targets[pname], states[pname] = folds[pos, pname].target, ()
-                target = folds[pos, pname].target
+                targets[pname], states[pname] = folds[name].target, ()
+                target = folds[name].target
                 if target is not param:
                     check_written(f"optimizer state for '{name}'", target, dtype, param.shape,
                                   hint="; call reset() after changing the parameters")
@@ -439,7 +438,7 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
         if norm is not None:
             z = get(f"z{i}", out.shape, dtype)
             k.linear_forward(h, s.W, s.b, z, threads)
-            normed.append((z, *_norm_forward(k, norm, z, out, get, i, threads, running)))
+            normed.append((z, *_norm_forward(k, norm, z, out, get, str(i), threads, running)))
             if act is not None:
                 k.bias_act_forward(out, None, act.code, act.alpha, pre, threads)
         elif act is None:
@@ -466,10 +465,10 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
         for pname, param in (("W", s.W), ("b", s.b)):
             if param is None:
                 continue
-            fold = folds[i, pname]
+            full = f"{s.index}.{pname}"
+            fold = folds[full]
             if fold is None:
                 grad = lin.grads[pname]
-                full = f"{s.index}.{pname}"
                 unfolded_params[full], unfolded_grads[full] = param, grad
                 fold = (grad, 1.0, 0.0, None)
             targets[pname] = fold
@@ -485,9 +484,17 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
                     "batchnorm_backward")(d.reshape(-1), z.reshape(-1), norm.gamma, mean, inv_std,
                                           d.reshape(-1), norm.dgamma, norm.dbeta, threads)
             for pname in norm.trained:
-                full = f"{s.index + 1}.{pname}"
-                unfolded_params[full] = getattr(norm, pname)
-                unfolded_grads[full] = getattr(norm, "d" + pname)
+                full, grad = f"{s.index + 1}.{pname}", getattr(norm, "d" + pname)
+                fold = folds[full]
+                if fold is None:
+                    unfolded_params[full], unfolded_grads[full] = getattr(norm, pname), grad
+                    continue
+                # the fold's target := scale * grad + beta * target, as a one-row column sum
+                row = grad.reshape(1, -1)
+                k.act_backward_bias(row, row, "identity", 0.0, row, fold.target, fold.scale,
+                                    fold.beta, 1)
+                if fold.finish is not None:
+                    fold.finish()
             act = None  # what is left is the GEMM layer's own backward
         elif act is not None:
             k.act_backward_bias(d, saved[i], act.code, act.alpha, d, b_target, b_scale, b_beta,
@@ -509,11 +516,11 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
     return value
 
 
-def _norm_forward(k, norm, x, out, get, i, threads, running=None):
+def _norm_forward(k, norm, x, out, get, tag, threads, running=None):
     """out := the norm of x (N, D) with the kernel `norm.statistics` names; returns the
-    (mean, inv_std) its backward reads (float64 work buffers; None for the running statistics).
-    Batch norm in training mode updates copies of the running averages, appended to `running`
-    as (running array, its update) pairs for the caller to commit."""
+    (mean, inv_std) its backward reads (float64 work buffers named with `tag`; None for the
+    running statistics).  Batch norm in training mode updates copies of the running averages,
+    appended to `running` as (running array, its update) pairs for the caller to commit."""
     kernel = getattr(k, _NORM_FORWARD[norm.statistics])
     x, out = x.reshape(-1), out.reshape(-1)
     if norm.statistics == "running":
@@ -521,12 +528,12 @@ def _norm_forward(k, norm, x, out, get, i, threads, running=None):
                threads)
         return None, None
     count = norm.features if norm.statistics == "batch" else len(x) // norm.features
-    mean = get(f"norm_mean{i}", (count,), np.float64)
-    inv_std = get(f"norm_inv_std{i}", (count,), np.float64)
+    mean = get(f"norm_mean{tag}", (count,), np.float64)
+    inv_std = get(f"norm_inv_std{tag}", (count,), np.float64)
     if norm.statistics == "batch":
         updates = []
         for name in ("running_mean", "running_var"):
-            update = get(f"norm_{name}{i}", (norm.features,), norm.dtype)
+            update = get(f"norm_{name}{tag}", (norm.features,), norm.dtype)
             np.copyto(update, getattr(norm, name))
             running.append((getattr(norm, name), update))
             updates.append(update)
@@ -588,11 +595,21 @@ def fused_forward(plan, buffers, x):
     n, dtype, h = x.shape[0], plan.dtype, x
     for i, s in enumerate(plan.stages):
         out = buffers.get(f"infer_out{i}", (n, s.linear.out_features), dtype)
-        threads, act = threads_for(out.size), s.activation
-        if act is None:
+        threads, act, norm = threads_for(out.size), s.activation, s.norm
+        # gelu's kernels also store z; nothing reads it here
+        pre = buffers.get(f"infer_pre{i}", out.shape, dtype) if act and act.reads_input else None
+        if norm is not None:
+            if norm.statistics == "batch":
+                raise ValueError(f"fused_forward: {norm.layer!r} is in training mode; "
+                                 "inference runs batch norm with its running statistics")
+            z = buffers.get(f"infer_z{i}", out.shape, dtype)
+            k.linear_forward(h, s.W, s.b, z, threads)
+            _norm_forward(k, norm, z, out, buffers.get, f"infer{i}", threads)
+            if act is not None:
+                k.bias_act_forward(out, None, act.code, act.alpha, pre, threads)
+        elif act is None:
             k.linear_forward(h, s.W, s.b, out, threads)
-        else:  # gelu's kernel also stores z; nothing reads it here
-            pre = buffers.get(f"infer_pre{i}", out.shape, dtype) if act.reads_input else None
+        else:
             k.linear_act_forward(h, s.W, s.b, act.code, act.alpha, pre, out, threads)
         h = out
     return h
