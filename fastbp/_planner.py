@@ -2,27 +2,39 @@
 
 ``fastbp.nn.Sequential.train_step`` asks :func:`fusion_plan` for a plan on EVERY step: the plan
 is derived from the current layers (what each layer declares: ``fused_linear`` for a GEMM layer,
-``fused_activation`` for an activation, read from its current parameter), so no edit of
-``model.layers``, of an activation's parameter or of a parameter array can leave a stale plan
-behind.  A plan is a few NamedTuples; its ``key`` holds everything it describes (the layers and
-arrays by identity, shapes, the activations' codes and scalars), and every cache below is keyed
-on it (the cache entries keep those objects alive, so an ``id`` cannot be reused while cached).
+``fused_norm`` (a :class:`FusedNorm`) for batch norm / layer norm, read from its current mode,
+eps, momentum and arrays, ``fused_activation`` for an activation, read from its current
+parameter), so no edit of ``model.layers``, of a norm's or an activation's scalars or mode, or
+of a parameter or running-statistics array can leave a stale plan behind.  A plan is a few
+NamedTuples; its ``key`` holds everything it describes (the layers and arrays by identity,
+shapes, the norms' modes and scalars, the activations' codes and scalars), and every cache below
+is keyed on it (the cache entries keep those objects alive, so an ``id`` cannot be reused while
+cached).
 The step's previous plan is handed back in: when reading the layers again finds everything its
 key holds unchanged, that same plan is returned and nothing is built (the common case, every
 step after the first).
 
-A chain ``Linear [act] Linear [act] ... Linear [act]`` runs as:
+A chain of stages ``Linear [norm] [act]`` runs as:
 
-forward   per layer, one GEMM whose epilogue adds the bias and applies the activation
-          (``linear_act_forward``), or a plain ``linear_forward`` without an activation;
+forward   per stage, one GEMM whose epilogue adds the bias and applies the activation
+          (``linear_act_forward``), or a plain ``linear_forward`` without an activation; with a
+          norm, the GEMM + bias (``linear_forward``), the norm's forward kernel (batch norm:
+          the batch's statistics in training mode, updating the running averages as the layer
+          does; layer norm: each row's), then the activation in place (``bias_act_forward``);
 loss      the criterion's fused loss + gradient pass (scaled by 1/N);
-backward  per layer, from the last: ``act_backward_bias`` (activation derivative and bias
-          gradient in one pass, in place in the upstream gradient buffer), then
-          ``linear_backward`` (dx from the old weights, then the weight-gradient GEMM);
+backward  per stage, from the last: ``act_backward_bias`` (activation derivative and bias
+          gradient in one pass, in place in the upstream gradient buffer) -- with a norm, the
+          activation derivative, then the norm's backward (dgamma, dbeta, in place), then the
+          bias gradient --, then ``linear_backward`` (dx from the old weights, then the
+          weight-gradient GEMM);
 update    folded into those GEMMs when the optimizer allows it (``Optimizer.gemm_fold``):
           plain SGD writes ``W := W - lr·xᵀ·dz`` directly, momentum SGD writes the velocity
-          ``v := xᵀ·dz + mu·v`` and then ``W -= lr·v``; any other optimizer gets its gradients
-          and runs ``step`` on them at the end.
+          ``v := xᵀ·dz + mu·v`` and then ``W -= lr·v`` (gamma and beta take the same fold on
+          their gradients); any other optimizer gets its gradients and runs ``step`` on them at
+          the end.
+
+A batch norm in inference mode normalises with its running statistics; it has no backward
+(as the layer's own), so a training step refuses it (RuntimeError) and inference runs it.
 
 With the compiled backend, an optimizer whose ``fused_update()`` says so (plain or heavy-ball
 SGD, Adam, RMSProp) and a loss without ``check_finite``, the whole step runs as ONE nogil call
@@ -30,9 +42,12 @@ SGD, Adam, RMSProp) and a loss without ``check_finite``, the whole step runs as 
 optimizer state arrays);
 anything else takes the kernel-by-kernel path, which the compiled step is tested against.
 
-Everything that can fail -- the input, labels, and every parameter and optimizer buffer the step
-writes (writeable, C-contiguous, of the plan's dtype and shape) -- is checked before the first
-write, so a failed step leaves the model as it was.
+Everything that can fail -- the input, labels, a batch norm's batch of one row or inference
+mode, and every parameter, gradient, running statistic and optimizer buffer the step writes
+(writeable, C-contiguous, of the plan's dtype and shape) -- is checked before the first write,
+so a failed step leaves the model (running statistics included) and the optimizer as they were.
+The kernel-by-kernel path updates the running averages in work copies, committed at the end
+(its loss checks the labels, or the scores' finiteness, only after the forward).
 
 This module imports no layer or optimizer class: layers and optimizers declare what they are.
 """

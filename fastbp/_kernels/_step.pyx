@@ -3,13 +3,17 @@
 
 Design
 ------
-a. What it runs: for a chain Linear [act] ... Linear planned by fastbp._planner, forward (GEMM +
-   epilogue per layer), the loss and its gradient (one pass per row), backward (activation
-   derivative fused with the bias-gradient reduction, dx from the old weights, the
-   weight-gradient GEMM) and the update: SGD / heavy-ball momentum folded into that GEMM, or
-   Adam / RMSProp as _optim's own sweeps (_optim.pxd) on the gradients, layer by layer, so the
-   result is the kernel-by-kernel path's bit for bit (tested).  The
-   row loops are the fused kernels' (_fused_loops.pxd), the row losses _losses' (_loss_math.pxd).
+a. What it runs: for a chain Linear [norm] [act] ... Linear planned by fastbp._planner, forward
+   (GEMM + epilogue per layer; with a norm: GEMM + bias, the norm, the activation in place),
+   the loss and its gradient (one pass per row), backward (activation derivative fused with the
+   bias-gradient reduction -- with a norm: the derivative, the norm's backward, then the bias
+   gradient --, dx from the old weights, the weight-gradient GEMM) and the update: SGD /
+   heavy-ball momentum folded into that GEMM, or Adam / RMSProp as _optim's own sweeps
+   (_optim.pxd) on the gradients, layer by layer; a norm's gamma and beta get their gradients
+   and _optim's sweep for the update kind (SGD, momentum, Adam, RMSProp).  The result is the
+   kernel-by-kernel path's to float rounding (tested).  The row loops are the fused kernels'
+   (_fused_loops.pxd), the row losses _losses' (_loss_math.pxd), the norms _norm's
+   (_norm.pxd: batch norm in training mode, updating its running averages, and layer norm).
 b. No reference twin: it is tested against the kernel-by-kernel path (fastbp._planner's
    general path, made of kernels that have twins) in tests/test_step.py.
 c. Ownership: the planner allocates every buffer once per (plan, batch size) and passes them
@@ -253,7 +257,7 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
 
 cdef class FusedStep:
     """A compiled training step (SGD / momentum, Adam, RMSProp) for one chain of Linear
-    (+ activation) layers.
+    (+ norm, + activation) layers.
 
     Built by fastbp._planner once per (plan, batch size, loss, velocity arrays), which checks
     every array (C-contiguous, one float dtype, consistent shapes); FusedStep keeps them alive.
@@ -265,8 +269,9 @@ cdef class FusedStep:
     Parameters
     ----------
     layers : sequence of fastbp._planner.StepLayer
-        First layer first: ``W, b, W_target, b_target, out, pre, dx`` (arrays or None) and the
-        activation's code and alpha.
+        First layer first: ``W, b, W_target, b_target, out, pre, dx`` (arrays or None), the
+        activation's code and alpha, the optimizer state of W and b, and the norm
+        (fastbp._planner.StepNorm: ``NORM_KINDS`` code, arrays, eps, momentum) or None.
     loss : int
         The loss code (``LOSS_KINDS``).
     dlogits : ndarray (n, n_out), row_loss : float64 ndarray (n,)
