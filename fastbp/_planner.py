@@ -597,7 +597,9 @@ def _compiled_step(plan, cache, x, y, loss, optimizer):
 
 def fused_forward(plan, buffers, x):
     """Inference forward of the chain `plan`: per stage ONE GEMM whose epilogue adds the bias
-    and applies the activation (``linear_act_forward``), or ``linear_forward`` without one.
+    and applies the activation (``linear_act_forward``), or ``linear_forward`` without one;
+    with a norm, the GEMM + bias, the norm (batch norm with its running statistics: the plan
+    of layers in inference mode; ValueError for one in training mode), then the activation.
 
     Nothing is kept for a backward pass, and read-only parameters are fine (nothing is
     written but the work buffers).  `x` is the batch already checked by the first layer
