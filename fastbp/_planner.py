@@ -385,8 +385,8 @@ def _build_step(plan, optimizer, update, n, loss_kernel):
             name = f"{s.index}.{pname}"
             written.append((f"parameter '{name}'", param))
             if folds is not None:  # SGD: the GEMM writes the parameter or its velocity
-                targets[pname], states[pname] = folds[name].target, ()
-                target = folds[name].target
+                target = targets[pname] = folds[name].target
+                states[pname] = ()
                 if target is not param:
                     check_written(f"optimizer state for '{name}'", target, dtype, param.shape,
                                   hint="; call reset() after changing the parameters")

@@ -224,3 +224,15 @@ def test_compiled_step_with_batch_norm_is_identical_for_any_thread_count():
             fastbp.set_num_threads(None)
     for k, v in results[0].items():
         np.testing.assert_array_equal(results[1][k], v)
+
+
+def test_fused_forward_refuses_batch_norm_in_training_mode():
+    """Inference runs batch norm with its running statistics only (inference_forward puts
+    every layer in inference mode first)."""
+    from fastbp._planner import fused_forward
+
+    model = _model("batch", "relu", np.float64)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match="training mode"):
+        fused_forward(model._fusion_plan(), model._step_cache.buffers, np.ones((3, 6)))
+    _assert_same((model.state_dict(),), (before,))
