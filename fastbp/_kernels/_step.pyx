@@ -15,7 +15,8 @@ a. What it runs: for a chain Linear [norm] [act] ... Linear planned by fastbp._p
    (_fused_loops.pxd), the row losses _losses' (_loss_math.pxd), the norms _norm's
    (_norm.pxd: batch norm in training mode, updating its running averages, and layer norm).
 b. No reference twin: it is tested against the kernel-by-kernel path (fastbp._planner's
-   general path, made of kernels that have twins) in tests/test_step.py.
+   general path, made of kernels that have twins) in tests/test_step.py and, for chains with
+   norms, tests/test_step_norm.py.
 c. Ownership: the planner allocates every buffer once per (plan, batch size) and passes them
    in; FusedStep keeps them (and the parameters and velocities it points into) alive.
 d. Checks: the planner checks everything when it builds a FusedStep; :meth:`FusedStep.run`
