@@ -228,8 +228,9 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
                 _backward(d, <floating *>L.pre if L.pre != NULL else <floating *>L.out, d,
                           <floating *>NULL, n, L.d_out, L.act, <floating>L.alpha, 1, 0, nt)
             _norm_backward(L, n, d, nt)
-            _backward(d, d, d, <floating *>L.b_target, n, L.d_out, IDENTITY, 0, scale, beta,
-                      nt)
+            if L.b_target != NULL:  # dz NULL: a plain column sum of d, nothing written to d
+                _backward(d, d, <floating *>NULL, <floating *>L.b_target, n, L.d_out,
+                          IDENTITY, 0, scale, beta, nt)
         if l > 0:  # dx from the old weights, before the GEMM below may update them
             gemm_rm(False, True, <int>n, <int>L.d_in, <int>L.d_out, 1.0, d, <int>L.d_out,
                     <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.dx, <int>L.d_in)
