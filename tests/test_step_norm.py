@@ -236,3 +236,35 @@ def test_fused_forward_refuses_batch_norm_in_training_mode():
     with pytest.raises(ValueError, match="training mode"):
         fused_forward(model._fusion_plan(), model._step_cache.buffers, np.ones((3, 6)))
     _assert_same((model.state_dict(),), (before,))
+
+
+def test_fused_step_with_norms_equals_unfused_on_drawn_networks():
+    """Property-based: drawn widths, norm kind (and affine), activation, dtype, loss, optimizer
+    and batch sizes (changing between steps); fused and unfused agree after every step."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=25, deadline=None,
+                         suppress_health_check=[hypothesis.HealthCheck.too_slow])
+    @hypothesis.given(data=st.data())
+    def check(data):
+        dtype = np.dtype(data.draw(st.sampled_from(DTYPES), "dtype"))
+        sizes = data.draw(st.lists(st.integers(1, 10), min_size=3, max_size=4), "sizes")
+        norm = data.draw(st.sampled_from(sorted(NORMS)), "norm")
+        act = data.draw(st.sampled_from(["relu", "tanh", "gelu", None]), "activation")
+        loss = data.draw(st.sampled_from(sorted(nn.LOSSES)), "loss")
+        opt = data.draw(st.sampled_from(sorted(OPTIMIZERS)), "optimizer")
+        fused, plain = (_model(norm, act, dtype, sizes=sizes) for _ in range(2))
+        opt_f, opt_p = OPTIMIZERS[opt](), OPTIMIZERS[opt]()
+        crit_f, crit_p = nn.LOSSES[loss](), nn.LOSSES[loss]()
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), "seed"))
+        for n in data.draw(st.lists(st.sampled_from([2, 3, 8]), min_size=1, max_size=3), "n"):
+            x = rng.standard_normal((n, sizes[0])).astype(dtype)
+            y = (rng.standard_normal((n, sizes[-1])).astype(dtype) if loss == "mse"
+                 else rng.integers(0, sizes[-1], n))
+            vf = fused.train_step(x, y, crit_f, opt_f)
+            vp = _unfused_step(plain, x, y, crit_p, opt_p)
+            assert_close(vf, vp, dtype, scale=100)
+            _assert_same(_snapshot(fused, opt_f), _snapshot(plain, opt_p), dtype)
+
+    check()
