@@ -2,27 +2,39 @@
 
 ``fastbp.nn.Sequential.train_step`` asks :func:`fusion_plan` for a plan on EVERY step: the plan
 is derived from the current layers (what each layer declares: ``fused_linear`` for a GEMM layer,
-``fused_activation`` for an activation, read from its current parameter), so no edit of
-``model.layers``, of an activation's parameter or of a parameter array can leave a stale plan
-behind.  A plan is a few NamedTuples; its ``key`` holds everything it describes (the layers and
-arrays by identity, shapes, the activations' codes and scalars), and every cache below is keyed
-on it (the cache entries keep those objects alive, so an ``id`` cannot be reused while cached).
+``fused_norm`` (a :class:`FusedNorm`) for batch norm / layer norm, read from its current mode,
+eps, momentum and arrays, ``fused_activation`` for an activation, read from its current
+parameter), so no edit of ``model.layers``, of a norm's or an activation's scalars or mode, or
+of a parameter or running-statistics array can leave a stale plan behind.  A plan is a few
+NamedTuples; its ``key`` holds everything it describes (the layers and arrays by identity,
+shapes, the norms' modes and scalars, the activations' codes and scalars), and every cache below
+is keyed on it (the cache entries keep those objects alive, so an ``id`` cannot be reused while
+cached).
 The step's previous plan is handed back in: when reading the layers again finds everything its
 key holds unchanged, that same plan is returned and nothing is built (the common case, every
 step after the first).
 
-A chain ``Linear [act] Linear [act] ... Linear [act]`` runs as:
+A chain of stages ``Linear [norm] [act]`` runs as:
 
-forward   per layer, one GEMM whose epilogue adds the bias and applies the activation
-          (``linear_act_forward``), or a plain ``linear_forward`` without an activation;
+forward   per stage, one GEMM whose epilogue adds the bias and applies the activation
+          (``linear_act_forward``), or a plain ``linear_forward`` without an activation; with a
+          norm, the GEMM + bias (``linear_forward``), the norm's forward kernel (batch norm:
+          the batch's statistics in training mode, updating the running averages as the layer
+          does; layer norm: each row's), then the activation in place (``bias_act_forward``);
 loss      the criterion's fused loss + gradient pass (scaled by 1/N);
-backward  per layer, from the last: ``act_backward_bias`` (activation derivative and bias
-          gradient in one pass, in place in the upstream gradient buffer), then
-          ``linear_backward`` (dx from the old weights, then the weight-gradient GEMM);
+backward  per stage, from the last: ``act_backward_bias`` (activation derivative and bias
+          gradient in one pass, in place in the upstream gradient buffer) -- with a norm, the
+          activation derivative, then the norm's backward (dgamma, dbeta, in place), then the
+          bias gradient --, then ``linear_backward`` (dx from the old weights, then the
+          weight-gradient GEMM);
 update    folded into those GEMMs when the optimizer allows it (``Optimizer.gemm_fold``):
           plain SGD writes ``W := W - lr·xᵀ·dz`` directly, momentum SGD writes the velocity
-          ``v := xᵀ·dz + mu·v`` and then ``W -= lr·v``; any other optimizer gets its gradients
-          and runs ``step`` on them at the end.
+          ``v := xᵀ·dz + mu·v`` and then ``W -= lr·v`` (gamma and beta take the same fold on
+          their gradients); any other optimizer gets its gradients and runs ``step`` on them at
+          the end.
+
+A batch norm in inference mode normalises with its running statistics; it has no backward
+(as the layer's own), so a training step refuses it (RuntimeError) and inference runs it.
 
 With the compiled backend, an optimizer whose ``fused_update()`` says so (plain or heavy-ball
 SGD, Adam, RMSProp) and a loss without ``check_finite``, the whole step runs as ONE nogil call
@@ -30,9 +42,12 @@ SGD, Adam, RMSProp) and a loss without ``check_finite``, the whole step runs as 
 optimizer state arrays);
 anything else takes the kernel-by-kernel path, which the compiled step is tested against.
 
-Everything that can fail -- the input, labels, and every parameter and optimizer buffer the step
-writes (writeable, C-contiguous, of the plan's dtype and shape) -- is checked before the first
-write, so a failed step leaves the model as it was.
+Everything that can fail -- the input, labels, a batch norm's batch of one row or inference
+mode, and every parameter, gradient, running statistic and optimizer buffer the step writes
+(writeable, C-contiguous, of the plan's dtype and shape) -- is checked before the first write,
+so a failed step leaves the model (running statistics included) and the optimizer as they were.
+The kernel-by-kernel path updates the running averages in work copies, committed at the end
+(its loss checks the labels, or the scores' finiteness, only after the forward).
 
 This module imports no layer or optimizer class: layers and optimizers declare what they are.
 """
@@ -45,18 +60,53 @@ import numpy as np
 from . import _config, _specs
 from . import _validation as val
 from ._config import threads_for
-from ._kernels._step import UPDATE_KINDS, FusedStep
+from ._kernels._step import NORM_KINDS, UPDATE_KINDS, FusedStep
 from .backend import get_backend, kernels
 
 
+class FusedNorm(NamedTuple):
+    """How a normalization layer runs inside the fused step: what its ``fused_norm`` declares
+    (fastbp.nn.BatchNorm1d, LayerNorm), read from the layer as it is now."""
+
+    layer: object                #: the layer (its position follows its GEMM layer)
+    statistics: str              #: "batch" (batch norm, training: the batch's statistics, the
+    #: running averages updated), "running" (batch norm, inference), "row" (layer norm)
+    dtype: np.dtype
+    features: int                #: D, the GEMM layer's out_features
+    gamma: np.ndarray            #: (D,) scale and shift: the layer's parameters (fixed ones
+    beta: np.ndarray             #: without affine)
+    dgamma: np.ndarray           #: (D,) where backward writes their gradients
+    dbeta: np.ndarray
+    trained: tuple               #: ("gamma", "beta"): parameter names, or () without affine
+    running_mean: Optional[np.ndarray]  #: (D,) batch norm's running averages, else None
+    running_var: Optional[np.ndarray]
+    eps: float                   #: inside the square root, >= 0
+    momentum: float              #: weight of the OLD running value (the kernels' convention)
+
+
+#: FusedNorm.statistics -> the forward kernel's name
+_NORM_FORWARD = {"batch": "batchnorm_forward_train", "running": "batchnorm_forward_test",
+                 "row": "layernorm_forward"}
+
+
 class Stage(NamedTuple):
-    """One GEMM layer of a plan and the activation fused after it."""
+    """One GEMM layer of a plan and the norm and activation fused after it."""
 
     index: int                                   #: its position in the layer list
     linear: object                               #: the layer (its ``params`` / ``grads``)
     W: np.ndarray                                #: (in_features, out_features)
     b: Optional[np.ndarray]                      #: (out_features,) or None
+    norm: Optional[FusedNorm]                    #: None: no normalization after it
     activation: Optional[_specs.FusedActivation]  #: None: no activation after it
+
+    def parameters(self):
+        """(name, array) of every parameter the step trains, in order: W, b, gamma, beta."""
+        items = [(f"{self.index}.{pname}", p) for pname, p in (("W", self.W), ("b", self.b))
+                 if p is not None]
+        if self.norm is not None:
+            items += [(f"{self.index + 1}.{pname}", getattr(self.norm, pname))
+                      for pname in self.norm.trained]
+        return items
 
 
 class Plan(NamedTuple):
@@ -82,6 +132,27 @@ class StepLayer(NamedTuple):
     alpha: float
     W_state: tuple = ()           #: Adam's (exp_avg, exp_avg_sq) / RMSProp's (square_avg,) of W
     b_state: tuple = ()
+    norm: Optional["StepNorm"] = None  #: the normalization between the GEMM and the activation
+
+
+class StepNorm(NamedTuple):
+    """The normalization of one layer of a compiled step (what ``FusedStep`` points into)."""
+
+    kind: int                     #: fastbp._kernels._step.NORM_KINDS[FusedNorm.statistics]
+    z: np.ndarray                 #: (n, out_features) the GEMM's output, the norm's input
+    gamma: np.ndarray
+    beta: np.ndarray
+    dgamma: np.ndarray
+    dbeta: np.ndarray
+    mean: np.ndarray              #: float64 statistics: (out_features,) batch norm, (n,) layer
+    inv_std: np.ndarray
+    running_mean: Optional[np.ndarray]
+    running_var: Optional[np.ndarray]
+    eps: float
+    momentum: float
+    trained: bool                 #: gamma and beta are parameters the step updates
+    gamma_state: tuple = ()       #: their optimizer state (the velocity for momentum SGD)
+    beta_state: tuple = ()
 
 
 _ACT_CODES = {code: i for i, code in enumerate(_specs.FUSED_ACTIVATIONS)}
@@ -106,31 +177,47 @@ def fusion_plan(layers, previous=None):
             return None
         if prev is not None and (lin.in_features != prev.out_features or lin.dtype != prev.dtype):
             return None
-        act = None
-        if i + 1 < count and not getattr(layers[i + 1], "fused_linear", False):
-            act = getattr(layers[i + 1], "fused_activation", None)
+        j, norm, act = i + 1, None, None
+        if j < count and not getattr(layers[j], "fused_linear", False):
+            norm = getattr(layers[j], "fused_norm", None)
+            if norm is not None:
+                if norm.features != lin.out_features or norm.dtype != lin.dtype:
+                    return None
+                j += 1
+        if j < count and not getattr(layers[j], "fused_linear", False):
+            act = getattr(layers[j], "fused_activation", None)
             if act is None:
                 return None
+            j += 1
         W, b = lin.params.get("W"), lin.params.get("b")
-        stages.append(Stage(i, lin, W, b, act))
-        key.append(_stage_key(i, lin, W, b, act))
-        prev, i = lin, i + 1 + (act is not None)
+        stages.append(Stage(i, lin, W, b, norm, act))
+        key.append(_stage_key(i, lin, W, b, norm, act))
+        prev, i = lin, j
     if not stages:
         return None
     dtype = stages[0].linear.dtype
     return Plan(tuple(stages), dtype, (dtype, count, *key))
 
 
-def _stage_key(i, lin, W, b, act):
+def _stage_key(i, lin, W, b, norm, act):
     return (i, id(lin), lin.in_features, lin.out_features, id(W), getattr(W, "shape", None),
-            id(b), getattr(b, "shape", None), act)
+            id(b), getattr(b, "shape", None), _norm_key(norm), act)
+
+
+def _norm_key(norm):
+    """Everything a FusedNorm describes: its scalars and names as they are, the layer and
+    arrays by identity (with their shapes)."""
+    if norm is None:
+        return None
+    return tuple(v if isinstance(v, (str, float, int, tuple, np.dtype)) or v is None
+                 else (id(v), getattr(v, "shape", None)) for v in norm)
 
 
 def _describes(plan, layers):
     """True when deriving the plan of `layers` now would give `plan`'s key again: the same
     layer count and layers, each GEMM layer still fusing with the same sizes, dtype and
-    parameter arrays (and their shapes), each activation still fusing with the same code and
-    scalar."""
+    parameter arrays (and their shapes), each norm still declaring the same mode, scalars and
+    arrays, each activation still fusing with the same code and scalar."""
     dtype, count, *keys = plan.key
     if len(layers) != count:
         return False
@@ -139,10 +226,11 @@ def _describes(plan, layers):
         if layers[i] is not lin or not lin.fused_linear or lin.dtype != dtype:
             return False
         params = lin.params
-        if _stage_key(i, lin, params.get("W"), params.get("b"), act) != key:
+        norm = None if s.norm is None else getattr(layers[i + 1], "fused_norm", None)
+        if _stage_key(i, lin, params.get("W"), params.get("b"), norm, act) != key:
             return False
         if act is not None:
-            layer = layers[i + 1]
+            layer = layers[i + 1 + (s.norm is not None)]
             if (getattr(layer, "fused_linear", False)
                     or getattr(layer, "fused_activation", None) != act):
                 return False
@@ -165,28 +253,52 @@ def check_written(name, a, dtype, shape, hint=""):
         raise ValueError(f"train_step: {name} is read-only, but the step writes it")
 
 
-def _check_parameters(plan):
+#: FusedNorm array -> what an error calls it, given the layer's index (the step writes every
+#: one of them)
+_NORM_ARRAYS = {"gamma": "parameter '{}.gamma'", "beta": "parameter '{}.beta'",
+                "dgamma": "gradient '{}.gamma'", "dbeta": "gradient '{}.beta'",
+                "running_mean": "buffer '{}.running_mean'",
+                "running_var": "buffer '{}.running_var'"}
+
+
+def _check_parameters(plan, n):
+    """Check every parameter, gradient and buffer the step writes, and that each norm can
+    train on a batch of `n` rows, before anything is written."""
     for s in plan.stages:
         lin = s.linear
         check_written(f"parameter '{s.index}.W'", s.W, plan.dtype,
                       (lin.in_features, lin.out_features))
         if s.b is not None:
             check_written(f"parameter '{s.index}.b'", s.b, plan.dtype, (lin.out_features,))
+        if s.norm is not None:
+            _check_norm(s.index + 1, s.norm, n)
+
+
+def _check_norm(index, norm, n):
+    if norm.statistics == "running":
+        raise RuntimeError(f"train_step: {norm.layer!r} is in inference mode (.eval()): batch "
+                           f"norm has no backward from its running statistics; call .train()")
+    if norm.statistics == "batch" and n < 2:
+        raise ValueError(f"{norm.layer!r}: training mode needs more than 1 value per feature, "
+                         f"got a batch of {n} row(s) (use .eval() for single samples)")
+    for name, label in _NORM_ARRAYS.items():
+        array = getattr(norm, name)
+        if array is not None:
+            check_written(label.format(index), array, norm.dtype, (norm.features,))
 
 
 def _folds(plan, optimizer):
-    """{(stage position, parameter name): GemmFold or None}, every written target checked."""
+    """{parameter name ("0.W", "1.gamma", ...): GemmFold or None} for every parameter of the
+    plan, every written target checked."""
     fold = getattr(optimizer, "gemm_fold", None)
     folds = {}
-    for pos, s in enumerate(plan.stages):
-        for pname, param in (("W", s.W), ("b", s.b)):
-            if param is None:
-                continue
-            f = fold(f"{s.index}.{pname}", param) if fold is not None else None
+    for s in plan.stages:
+        for name, param in s.parameters():
+            f = fold(name, param) if fold is not None else None
             if f is not None and f.target is not param:
-                check_written(f"optimizer state for '{s.index}.{pname}'", f.target, plan.dtype,
+                check_written(f"optimizer state for '{name}'", f.target, plan.dtype,
                               param.shape)
-            folds[pos, pname] = f
+            folds[name] = f
     return folds
 
 
@@ -199,7 +311,7 @@ class StepCache:
     def __init__(self, buffers):
         self.buffers = buffers  # get(name, shape, dtype) -> a reused array (the model's kind)
         self.plan_key = self.plan = None
-        self.names = ()  # the plan's parameter names, in order ("0.W", "0.b", "2.W", ...)
+        self.names = ()  # the plan's parameter names, in order ("0.W", "0.b", "1.gamma", ...)
         self.compiled = {}
 
     def __reduce__(self):
@@ -212,8 +324,7 @@ class StepCache:
         if plan is not self.plan:
             if self.plan_key != plan.key:
                 self.compiled.clear()
-                self.names = tuple(f"{s.index}.{pname}" for s in plan.stages
-                                   for pname, p in (("W", s.W), ("b", s.b)) if p is not None)
+                self.names = tuple(name for s in plan.stages for name, _ in s.parameters())
             self.plan_key, self.plan = plan.key, plan  # the plan keeps the key's objects alive
         key = (n, loss_kernel, update.kind, self._state_ids(optimizer, update))
         step = self.compiled.get(key)
@@ -251,9 +362,20 @@ _NO_STATE = MappingProxyType({})
 
 def _build_step(plan, optimizer, update, n, loss_kernel):
     """A new FusedStep; every array it writes is checked here (and its flags on every run)."""
-    _check_parameters(plan)
+    _check_parameters(plan, n)
     dtype, layers, written = plan.dtype, [], []
     folds = _folds(plan, optimizer) if update.kind == "sgd" else None
+
+    def state_of(name, param):
+        """The optimizer state arrays of a parameter the step updates with _optim's sweeps."""
+        state = optimizer.prepare_state(name, param, update.state_keys)
+        arrays = tuple(state[key] for key in update.state_keys)
+        for array in arrays:
+            check_written(f"optimizer state for '{name}'", array, dtype, param.shape,
+                          hint="; call reset() after changing the parameters")
+            written.append((f"optimizer state for '{name}'", array))
+        return arrays
+
     for pos, s in enumerate(plan.stages):
         lin, act = s.linear, s.activation
         targets, states = {}, {}
@@ -263,26 +385,45 @@ def _build_step(plan, optimizer, update, n, loss_kernel):
             name = f"{s.index}.{pname}"
             written.append((f"parameter '{name}'", param))
             if folds is not None:  # SGD: the GEMM writes the parameter or its velocity
-                targets[pname], states[pname] = folds[pos, pname].target, ()
-            else:  # Adam / RMSProp: the gradient into a buffer, then the update sweep
-                targets[pname] = np.empty_like(param)
-                state = optimizer.prepare_state(name, param, update.state_keys)
-                states[pname] = tuple(state[key] for key in update.state_keys)
-            for array in (targets[pname],) * (folds is not None) + states[pname]:
-                if array is not param:
-                    check_written(f"optimizer state for '{name}'", array, dtype, param.shape,
+                target = targets[pname] = folds[name].target
+                states[pname] = ()
+                if target is not param:
+                    check_written(f"optimizer state for '{name}'", target, dtype, param.shape,
                                   hint="; call reset() after changing the parameters")
-                    written.append((f"optimizer state for '{name}'", array))
+                    written.append((f"optimizer state for '{name}'", target))
+            else:  # Adam / RMSProp: the gradient into a buffer, then the update sweep
+                targets[pname], states[pname] = np.empty_like(param), state_of(name, param)
         out = np.empty((n, lin.out_features), dtype)
         layers.append(StepLayer(
             s.W, s.b, targets["W"], targets.get("b"), out,
             np.empty_like(out) if act is not None and act.reads_input else None,
             np.empty((n, lin.in_features), dtype) if pos > 0 else None,
             _ACT_CODES[act.code] if act is not None else _ACT_CODES["identity"],
-            act.alpha if act is not None else 0.0, states["W"], states.get("b", ())))
+            act.alpha if act is not None else 0.0, states["W"], states.get("b", ()),
+            _step_norm(s, out, state_of, written) if s.norm is not None else None))
     dlogits = np.empty((n, plan.stages[-1].linear.out_features), dtype)
     return FusedStep(layers, _specs.LOSS_CODES[loss_kernel], dlogits, np.empty(n, np.float64),
                      written, UPDATE_KINDS[update.kind])
+
+
+def _step_norm(stage, out, state_of, written):
+    """The StepNorm of `stage` (checked by _check_parameters) for a batch of out's rows; every
+    array it writes goes to `written`."""
+    norm, index = stage.norm, stage.index + 1
+    n = out.shape[0]
+    count = norm.features if norm.statistics == "batch" else n
+    states = {}
+    for name in ("gamma", "beta"):
+        if name in norm.trained:
+            states[name] = state_of(f"{index}.{name}", getattr(norm, name))
+    for name, label in _NORM_ARRAYS.items():
+        array = getattr(norm, name)
+        if array is not None:
+            written.append((label.format(index), array))
+    return StepNorm(NORM_KINDS[norm.statistics], np.empty_like(out), norm.gamma, norm.beta,
+                    norm.dgamma, norm.dbeta, np.empty(count), np.empty(count),
+                    norm.running_mean, norm.running_var, norm.eps, norm.momentum,
+                    bool(norm.trained), states.get("gamma", ()), states.get("beta", ()))
 
 
 def fused_train_step(plan, cache, x, y, loss, optimizer):
@@ -294,52 +435,83 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
     value = _compiled_step(plan, cache, x, y, loss, optimizer)
     if value is not None:
         return value
-    _check_parameters(plan)
     k = kernels()
     n, dtype = x.shape[0], plan.dtype
+    _check_parameters(plan, n)
     get = cache.buffers.get
 
-    # forward: keep each layer's input and what its activation's backward reads
-    inputs, saved = [], []
+    # forward: keep each layer's input, each norm's input and statistics, and what each
+    # activation's backward reads.  Batch norm's running averages are updated in work copies,
+    # committed once nothing can fail any more (the loss checks its labels after the forward)
+    inputs, saved, normed, running = [], [], [], []
     h = x
     for i, s in enumerate(plan.stages):
         out = get(f"out{i}", (n, s.linear.out_features), dtype)
         threads = threads_for(out.size)
-        act = s.activation
-        if act is None:
+        act, norm = s.activation, s.norm
+        pre = get(f"pre{i}", out.shape, dtype) if act is not None and act.reads_input else None
+        if norm is not None:
+            z = get(f"z{i}", out.shape, dtype)
+            k.linear_forward(h, s.W, s.b, z, threads)
+            normed.append((z, *_norm_forward(k, norm, z, out, get, str(i), threads, running)))
+            if act is not None:
+                k.bias_act_forward(out, None, act.code, act.alpha, pre, threads)
+        elif act is None:
             k.linear_forward(h, s.W, s.b, out, threads)
-            saved.append(None)
         else:
-            pre = get(f"pre{i}", out.shape, dtype) if act.reads_input else None
             k.linear_act_forward(h, s.W, s.b, act.code, act.alpha, pre, out, threads)
-            saved.append(pre if pre is not None else out)
+        if norm is None:
+            normed.append(None)
+        saved.append(None if act is None else pre if pre is not None else out)
         inputs.append(h)
         h = out
 
-    value = loss.forward(h, y)  # validates the labels / targets: nothing has changed yet
+    value = loss.forward(h, y)  # validates the labels / targets: no parameter has changed yet
     d = loss.backward()
-    folds = _folds(plan, optimizer)  # checks every fold target: still nothing written
+    folds = _folds(plan, optimizer)  # checks every fold target: still no parameter written
 
-    # backward with the update folded into the GEMMs where the optimizer allows it
+    # backward with the update folded into the GEMMs where the optimizer allows it; the norms'
+    # gamma and beta get their gradients and are updated by optimizer.step at the end
     unfolded_params, unfolded_grads = {}, {}
     for i in range(len(plan.stages) - 1, -1, -1):
         s = plan.stages[i]
-        lin, act = s.linear, s.activation
+        lin, act, norm = s.linear, s.activation, s.norm
         targets = {}
         for pname, param in (("W", s.W), ("b", s.b)):
             if param is None:
                 continue
-            fold = folds[i, pname]
+            full = f"{s.index}.{pname}"
+            fold = folds[full]
             if fold is None:
                 grad = lin.grads[pname]
-                full = f"{s.index}.{pname}"
                 unfolded_params[full], unfolded_grads[full] = param, grad
                 fold = (grad, 1.0, 0.0, None)
             targets[pname] = fold
         w_target, scale, beta, w_finish = targets["W"]
         b_target, b_scale, b_beta, b_finish = targets.get("b", (None, scale, beta, None))
         threads = threads_for(d.size)
-        if act is not None:
+        if norm is not None:
+            if act is not None:
+                k.act_backward_bias(d, saved[i], act.code, act.alpha, d, None, 1.0, 0.0,
+                                    threads)
+            z, mean, inv_std = normed[i]
+            getattr(k, "layernorm_backward" if norm.statistics == "row" else
+                    "batchnorm_backward")(d.reshape(-1), z.reshape(-1), norm.gamma, mean, inv_std,
+                                          d.reshape(-1), norm.dgamma, norm.dbeta, threads)
+            for pname in norm.trained:
+                full, grad = f"{s.index + 1}.{pname}", getattr(norm, "d" + pname)
+                fold = folds[full]
+                if fold is None:
+                    unfolded_params[full], unfolded_grads[full] = getattr(norm, pname), grad
+                    continue
+                # the fold's target := scale * grad + beta * target, as a one-row column sum
+                row = grad.reshape(1, -1)
+                k.act_backward_bias(row, row, "identity", 0.0, row, fold.target, fold.scale,
+                                    fold.beta, 1)
+                if fold.finish is not None:
+                    fold.finish()
+            act = None  # what is left is the GEMM layer's own backward
+        elif act is not None:
             k.act_backward_bias(d, saved[i], act.code, act.alpha, d, b_target, b_scale, b_beta,
                                 threads)
         dx = get(f"dx{i}", (n, lin.in_features), dtype) if i > 0 else None
@@ -354,7 +526,37 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
         d = dx
     if unfolded_params:
         optimizer.step(unfolded_params, unfolded_grads)
+    for target, update in running:
+        np.copyto(target, update)
     return value
+
+
+def _norm_forward(k, norm, x, out, get, tag, threads, running=None):
+    """out := the norm of x (N, D) with the kernel `norm.statistics` names; returns the
+    (mean, inv_std) its backward reads (float64 work buffers named with `tag`; None for the
+    running statistics).  Batch norm in training mode updates copies of the running averages,
+    appended to `running` as (running array, its update) pairs for the caller to commit."""
+    kernel = getattr(k, _NORM_FORWARD[norm.statistics])
+    x, out = x.reshape(-1), out.reshape(-1)
+    if norm.statistics == "running":
+        kernel(x, norm.gamma, norm.beta, norm.running_mean, norm.running_var, out, norm.eps,
+               threads)
+        return None, None
+    count = norm.features if norm.statistics == "batch" else len(x) // norm.features
+    mean = get(f"norm_mean{tag}", (count,), np.float64)
+    inv_std = get(f"norm_inv_std{tag}", (count,), np.float64)
+    if norm.statistics == "batch":
+        updates = []
+        for name in ("running_mean", "running_var"):
+            update = get(f"norm_{name}{tag}", (norm.features,), norm.dtype)
+            np.copyto(update, getattr(norm, name))
+            running.append((getattr(norm, name), update))
+            updates.append(update)
+        kernel(x, norm.gamma, norm.beta, out, mean, inv_std, *updates, norm.eps, norm.momentum,
+               True, threads)
+    else:
+        kernel(x, norm.gamma, norm.beta, out, mean, inv_std, norm.eps, threads)
+    return mean, inv_std
 
 
 def _compiled_step(plan, cache, x, y, loss, optimizer):
@@ -395,7 +597,9 @@ def _compiled_step(plan, cache, x, y, loss, optimizer):
 
 def fused_forward(plan, buffers, x):
     """Inference forward of the chain `plan`: per stage ONE GEMM whose epilogue adds the bias
-    and applies the activation (``linear_act_forward``), or ``linear_forward`` without one.
+    and applies the activation (``linear_act_forward``), or ``linear_forward`` without one;
+    with a norm, the GEMM + bias, the norm (batch norm with its running statistics: the plan
+    of layers in inference mode; ValueError for one in training mode), then the activation.
 
     Nothing is kept for a backward pass, and read-only parameters are fine (nothing is
     written but the work buffers).  `x` is the batch already checked by the first layer
@@ -408,11 +612,21 @@ def fused_forward(plan, buffers, x):
     n, dtype, h = x.shape[0], plan.dtype, x
     for i, s in enumerate(plan.stages):
         out = buffers.get(f"infer_out{i}", (n, s.linear.out_features), dtype)
-        threads, act = threads_for(out.size), s.activation
-        if act is None:
+        threads, act, norm = threads_for(out.size), s.activation, s.norm
+        # gelu's kernels also store z; nothing reads it here
+        pre = buffers.get(f"infer_pre{i}", out.shape, dtype) if act and act.reads_input else None
+        if norm is not None:
+            if norm.statistics == "batch":
+                raise ValueError(f"fused_forward: {norm.layer!r} is in training mode; "
+                                 "inference runs batch norm with its running statistics")
+            z = buffers.get(f"infer_z{i}", out.shape, dtype)
+            k.linear_forward(h, s.W, s.b, z, threads)
+            _norm_forward(k, norm, z, out, buffers.get, f"infer{i}", threads)
+            if act is not None:
+                k.bias_act_forward(out, None, act.code, act.alpha, pre, threads)
+        elif act is None:
             k.linear_forward(h, s.W, s.b, out, threads)
-        else:  # gelu's kernel also stores z; nothing reads it here
-            pre = buffers.get(f"infer_pre{i}", out.shape, dtype) if act.reads_input else None
+        else:
             k.linear_act_forward(h, s.W, s.b, act.code, act.alpha, pre, out, threads)
         h = out
     return h

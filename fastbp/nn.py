@@ -9,17 +9,20 @@ Design
   ``forward`` / ``backward`` are those buffers: valid until the next call of the same layer
   (copy them to keep them).  ``predict`` / ``predict_proba`` / ``evaluate`` return fresh arrays.
 * ``Sequential.train_step`` runs forward, loss, backward and the optimizer update.  When the
-  network is a chain of ``Linear`` layers each optionally followed by one activation, it uses
-  the fused kernels (fastbp._kernels._fused): bias + activation in the GEMM epilogue, the
-  activation derivative fused with the bias-gradient reduction, and the optimizer update folded
-  into the weight-gradient GEMM where the optimizer allows it (``Optimizer.gemm_fold``).  The
-  plan comes from fastbp._planner on every step, from what each layer declares
-  (``Linear.fused_linear``, ``_Activation.fused_activation``, read from its spec-table row and
-  its current parameter), never from class names.  The unfused path (``forward``,
+  network is a chain of ``Linear`` layers each optionally followed by one norm and one
+  activation, it uses the fused kernels (fastbp._kernels._fused): bias + activation in the GEMM
+  epilogue (the norm's kernels between them when there is one), the activation derivative fused
+  with the bias-gradient reduction, and the optimizer update folded into the weight-gradient
+  GEMM where the optimizer allows it (``Optimizer.gemm_fold``).  The plan comes from
+  fastbp._planner on every step, from what each layer declares (``Linear.fused_linear``,
+  ``_Activation.fused_activation``, read from its spec-table row and its current parameter,
+  ``BatchNorm1d.fused_norm`` / ``LayerNorm.fused_norm``, read from its mode, scalars and
+  arrays), never from class names.  The unfused path (``forward``,
   ``backward``, ``optimizer.step``) is the reference it is tested against.
 * Inference (``inference_forward``, used by ``predict``, ``predict_proba``, ``evaluate`` and
   ``fastbp.sklearn``) runs the same fusion plan without a backward: one GEMM per ``Linear``
-  with the bias and activation in its epilogue (fastbp._planner.fused_forward), keeping
+  with the bias and activation in its epilogue, or the norm between them
+  (fastbp._planner.fused_forward), keeping
   nothing for backward; anything the plan does not cover runs ``forward`` layer by layer.
 * Every input is validated before any kernel runs and before any parameter changes, so a failed
   ``train_step`` leaves the parameters as they were.
@@ -35,7 +38,7 @@ import numpy as np
 from . import _specs
 from . import _validation as val
 from ._config import threads_for
-from ._planner import StepCache, fused_forward, fused_train_step, fusion_plan
+from ._planner import FusedNorm, StepCache, fused_forward, fused_train_step, fusion_plan
 from ._npz import read_arrays, source_name
 from .backend import kernels
 
@@ -641,9 +644,10 @@ class Sequential(Module):
 
         Notes
         -----
-        Chains of ``Linear`` (+ one activation) layers take the fused path; anything else runs
-        forward, backward and ``optimizer.step`` (same result within float tolerance).  Inputs
-        are validated before any parameter changes.
+        Chains of ``Linear`` (+ one norm, + one activation) layers take the fused path (a
+        batch norm in inference mode raises RuntimeError there, as its backward does); anything
+        else runs forward, backward and ``optimizer.step`` (same result within float
+        tolerance).  Inputs are validated before any parameter or running statistic changes.
         """
         if not isinstance(loss, _Loss):
             raise TypeError(f"loss must be a fastbp.nn loss (SoftmaxCrossEntropy, "
@@ -680,11 +684,12 @@ class Sequential(Module):
     def inference_forward(self, x):
         """The outputs for `x` (N, in_features) in inference mode, keeping nothing for backward.
 
-        A chain of ``Linear`` (+ one activation) layers -- the plan the training step fuses
-        (fastbp._planner.fusion_plan, derived from the CURRENT layers on every call) -- runs one
-        GEMM per layer with the bias and activation in its epilogue; anything else (norm
-        layers, user layers, negative slopes) runs :meth:`forward` layer by layer.  Both give
-        the same outputs within dtype rounding.
+        A chain of ``Linear`` (+ one norm, + one activation) layers -- the plan the training
+        step fuses (fastbp._planner.fusion_plan, derived from the CURRENT layers on every call)
+        -- runs one GEMM per layer with the bias and activation in its epilogue (the norm's
+        kernel between them: batch norm with its running statistics); anything else (user
+        layers, negative slopes) runs :meth:`forward` layer by layer.  Both give the same
+        outputs within dtype rounding.
 
         Returns
         -------
@@ -885,6 +890,15 @@ class _Norm(Module):
             return self.grads["gamma"], self.grads["beta"]
         return self._fixed["dgamma"], self._fixed["dbeta"]
 
+    def _declare(self, cls, statistics, running=(None, None), momentum=0.0):
+        """The FusedNorm of this layer as it is now (see ``fused_norm``); None when `cls`'s
+        forward or backward is overridden (the fused kernels would not know that math)."""
+        if type(self).forward is not cls.forward or type(self).backward is not cls.backward:
+            return None
+        return FusedNorm(self, statistics, self.dtype, self.num_features, *self._gamma_beta(),
+                         *self._param_grads(), ("gamma", "beta") if self.affine else (),
+                         *running, val.real(self.eps, "eps", minimum=0), momentum)
+
     def _input(self, x):
         a = val.as_array(x, "x")
         if a.ndim != 2 or a.shape[1] != self.num_features:
@@ -979,6 +993,16 @@ class BatchNorm1d(_Norm):
         """Fill grads (dgamma, dbeta) and return dL/dx (training-mode forward only)."""
         return self._backward("batchnorm_backward", dout)
 
+    @property
+    def fused_norm(self):
+        """How the fused step runs this layer (fastbp._planner.FusedNorm), read from its
+        CURRENT mode, eps, momentum and arrays: batch statistics in training mode (the running
+        averages updated in place, as :meth:`forward` does), the running ones in inference mode;
+        None for a subclass overriding forward or backward."""
+        return self._declare(BatchNorm1d, "batch" if self.training else "running",
+                             (self.buffers["running_mean"], self.buffers["running_var"]),
+                             1.0 - val.unit_interval(self.momentum, "momentum"))
+
 
 class LayerNorm(_Norm):
     """Layer normalization over the last axis of (N, num_features) input (PyTorch semantics:
@@ -1018,6 +1042,12 @@ class LayerNorm(_Norm):
     def backward(self, dout):
         """Fill grads (dgamma, dbeta) and return dL/dx."""
         return self._backward("layernorm_backward", dout)
+
+    @property
+    def fused_norm(self):
+        """How the fused step runs this layer (fastbp._planner.FusedNorm): each row's own
+        statistics, in both modes; None for a subclass overriding forward or backward."""
+        return self._declare(LayerNorm, "row")
 
 
 #: MLP(norm=...) name -> normalization class

@@ -54,6 +54,34 @@ def test_linear_act_forward(rng, act, alpha, dtype, n, d, m, threads):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,m", [(1, 1), (7, 33), (65, 300), (0, 5)])
 @pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_act_forward(rng, act, alpha, dtype, n, m, threads, with_bias):
+    """In place: z := act(z + b), pre := z + b; the epilogue of linear_act_forward alone."""
+    z = rng.standard_normal((n, m)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype) if with_bias else None
+    if b is not None:
+        b.setflags(write=False)
+    got, exp = z.copy(), z.copy()
+    pre_got, pre_exp = np.full((n, m), np.nan, dtype), np.empty((n, m), dtype)
+    _kernels.bias_act_forward(got, b, act, alpha, pre_got, threads)
+    reference.bias_act_forward(exp, b, act, alpha, pre_exp)
+    assert_close(got, exp, dtype)
+    assert_close(pre_got, z + (b if b is not None else 0), dtype)
+    assert_close(pre_exp, pre_got, dtype)
+    if act not in FUSED_FROM_INPUT:
+        no_pre = z.copy()
+        _kernels.bias_act_forward(no_pre, b, act, alpha, None, threads)
+        np.testing.assert_array_equal(no_pre, got)
+    else:
+        for fn in (_kernels.bias_act_forward, reference.bias_act_forward):
+            with pytest.raises(ValueError, match="needs `pre`"):
+                fn(z.copy(), b, act, alpha, None)
+
+
+@pytest.mark.parametrize("act,alpha", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m", [(1, 1), (7, 33), (65, 300), (0, 5)])
+@pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("scale,beta", [(1.0, 0.0), (-0.1, 1.0)])
 def test_act_backward_bias(rng, act, alpha, dtype, n, m, threads, scale, beta):
     z = rng.standard_normal((n, m)).astype(dtype)

@@ -110,10 +110,15 @@ def test_fused_inference_after_model_edits(rng):
     check_against_unfused(model, x)
     assert not fused_was_used(model)
     model.layers[1].alpha = 0.5
-    model.layers.insert(1, nn.BatchNorm1d(8, dtype=np.float64))  # a norm layer: layer by layer
-    model.layers[1].buffers["running_mean"][...] = 0.3
+    model.layers.insert(1, nn.BatchNorm1d(8, dtype=np.float64))  # a norm layer: fused too
+    model.layers[1].buffers["running_mean"][...] = 0.3  # (with its running statistics)
+    with_norm = check_against_unfused(model, x).copy()
+    assert fused_was_used(model)
+    model.layers[1].buffers["running_var"] = np.full(8, 4.0)  # a new buffer array
+    assert not np.allclose(check_against_unfused(model, x), with_norm)
+    model.layers[1].eps = 0.5
     check_against_unfused(model, x)
-    assert not fused_was_used(model)
+    assert fused_was_used(model)
     del model.layers[1]
     check_against_unfused(model, x)
     assert fused_was_used(model)

@@ -200,6 +200,8 @@ def _matrix_calls():
                             {"dout": 0, "x": 1, "dw": 4}),
         "linear_act_forward": ((x, w, b, "relu", 0.0, None, out), {"x": 0, "out": 6}),
         "act_backward_bias": ((dout, dout, "relu", 0.0, dz, np.empty(4)), {"saved": 1, "dz": 4}),
+        "bias_act_forward": ((np.ones((2, 4)), b, "relu", 0.0, np.empty((2, 4))),
+                             {"z": 0, "pre": 4}),
     }
 
 
@@ -225,7 +227,7 @@ def test_matrix_kernels_check_every_array(kernel, name):
         call(np.asfortranarray(np.ones((a.shape[0], a.shape[1] + 1)))[:, :-1])
     with pytest.raises(ValueError, match=f"{kernel}: {name} must be 2-D"):
         call(a.reshape(-1))
-    if name in ("out", "dw", "dz"):
+    if name in ("out", "dw", "dz", "z", "pre"):
         ro = a.copy()
         ro.setflags(write=False)
         with pytest.raises(ValueError, match=f"{kernel}: {name} is read-only"):

@@ -36,7 +36,7 @@ _MATRIX_AXES = {
     "x": "ND", "w": "DM", "b": "M", "out": "NM", "pre": "NM", "dout": "NM", "dx": "ND",
     "dw": "DM", "db": "M", "saved": "NM", "dz": "NM", "logits": "NM", "scores": "NM",
     "pred": "NM", "target": "NM", "dlogits": "NM", "dscores": "NM", "dpred": "NM",
-    "labels": "N", "row_loss": "N",
+    "labels": "N", "row_loss": "N", "z": "NM",
 }
 #: the norm kernels take raveled (N, D) matrices, per-feature (D) vectors and statistics per
 #: feature (batch norm) or per row (layer norm): axis "S"

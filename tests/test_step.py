@@ -519,21 +519,3 @@ def test_compiled_adam_checks_its_state_before_writing():
     o.state["2.b"]["exp_avg"] = o.state["2.b"]["exp_avg"].copy()
     model.train_step(x, y, nn.SoftmaxCrossEntropy(), o)
     assert o.state["0.W"]["step"] == 6 and o.state["0.b"]["step"] == 2
-
-
-@pytest.mark.parametrize("norm", ["batch", "layer"])
-def test_train_step_with_norm_falls_back_to_the_unfused_path(norm):
-    """The fusion planner does not fuse normalization: train_step must run forward, backward
-    and optimizer.step, giving exactly what those do."""
-    gen = np.random.default_rng(7)
-    x, y = gen.standard_normal((16, 10)), gen.integers(0, 4, 16)
-    stepped, plain = (nn.MLP([10, 12, 4], dtype=np.float64, rng=0, norm=norm) for _ in range(2))
-    assert stepped._fusion_plan() is None
-    opt_s, opt_p = optim.Adam(lr=1e-2), optim.Adam(lr=1e-2)
-    for _ in range(3):
-        vs = stepped.train_step(x, y, nn.SoftmaxCrossEntropy(), opt_s)
-        vp = _unfused_step(plain, x, y, nn.SoftmaxCrossEntropy(), opt_p)
-        assert vs == vp
-    for name, p in plain.state_dict().items():
-        np.testing.assert_array_equal(stepped.state_dict()[name], p)
-    assert stepped.train_step(x, y, nn.SoftmaxCrossEntropy(), opt_s) < vs

@@ -235,3 +235,113 @@ def test_a_copied_optimizer_validates_its_own_hyperparameters(clone):
     with pytest.raises(ValueError, match="eps"):
         twin.step(p_twin, grads)
     opt.step(p_opt, grads)  # the original is not affected
+
+
+# ------------------------------------------------------------------ plans with norm layers
+
+
+def _norm_mlp(norm):
+    return nn.MLP([6, 5, 5, 4], rng=0, dtype=np.float64, norm=norm)
+
+
+#: edit name -> edit(model): what a user may change on a norm layer between steps
+NORM_EDITS = {
+    "eps": lambda m: setattr(m.layers[1], "eps", 0.5),
+    "momentum": lambda m: setattr(m.layers[1], "momentum", 0.9),
+    "rebind gamma": lambda m: m.layers[4].params.__setitem__(
+        "gamma", m.layers[4].params["gamma"] * 2.0),
+    "rebind beta": lambda m: m.layers[1].params.__setitem__(
+        "beta", m.layers[1].params["beta"] + 0.5),
+    "rebind running_mean": lambda m: m.layers[1].buffers.__setitem__(
+        "running_mean", m.layers[1].buffers["running_mean"] + 1.0),
+    "rebind running_var": lambda m: m.layers[4].buffers.__setitem__(
+        "running_var", m.layers[4].buffers["running_var"] * 3.0),
+    "replace batch norm with layer norm": lambda m: m.layers.__setitem__(
+        1, nn.LayerNorm(5, dtype=np.float64)),
+    "delete a norm": lambda m: m.layers.__delitem__(4),
+    "insert a norm": lambda m: m.layers.insert(7, nn.BatchNorm1d(4, dtype=np.float64)),
+    "affine off": lambda m: m.layers.__setitem__(
+        4, nn.BatchNorm1d(5, affine=False, dtype=np.float64)),
+    "eval then train": lambda m: m.layers[1].eval().train(),  # back as it was: the same plan
+}
+
+
+@pytest.mark.parametrize("opt", ["momentum", "adam"])
+@pytest.mark.parametrize("edit", list(NORM_EDITS))
+def test_the_fused_step_follows_every_edit_of_a_norm(edit, opt):
+    """After cached steps, an edit of a norm layer gives exactly what the unfused path gives
+    after the same edit (running statistics included): the plan is never stale."""
+    x, y = _problem()
+    make = (lambda: optim.SGD(0.1, momentum=0.9)) if opt == "momentum" else \
+        (lambda: optim.Adam(1e-2))
+    fused, plain = _norm_mlp("batch"), _norm_mlp("batch")
+    opt_f, opt_p, loss = make(), make(), nn.SoftmaxCrossEntropy()
+    for _ in range(2):
+        fused.train_step(x, y, loss, opt_f)
+        _unfused(plain, x, y, loss, opt_p)
+    plan = fused._step_cache.plan
+    for model in (fused, plain):
+        NORM_EDITS[edit](model)
+    replanned = fused._fusion_plan()
+    assert replanned is not None
+    assert (replanned is plan) == (edit == "eval then train")
+    for _ in range(2):
+        vf = fused.train_step(x, y, loss, opt_f)
+        vp = _unfused(plain, x, y, loss, opt_p)
+        np.testing.assert_allclose(vf, vp, rtol=1e-12)
+    after_f, after_p = fused.state_dict(), plain.state_dict()
+    assert after_f.keys() == after_p.keys()
+    for k, v in after_p.items():
+        np.testing.assert_allclose(after_f[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_the_plan_of_a_batch_norm_follows_its_mode():
+    x, y = _problem()
+    model = _norm_mlp("batch")
+    model.train_step(x, y, nn.SoftmaxCrossEntropy(), optim.SGD(0.1))
+    trained = model._step_cache.plan
+    model.layers[4].eval()
+    inferring = model._fusion_plan()
+    assert inferring.key != trained.key
+    assert [s.norm.statistics for s in inferring.stages[:2]] == ["batch", "running"]
+    model.layers[4].train()
+    assert model._fusion_plan() is trained  # the cached plan describes the layers again
+
+
+def _unfused(model, x, y, loss, opt):
+    value = loss.forward(model.forward(x), y)
+    model.backward(loss.backward())
+    opt.step(model.params, model.grads)
+    return value
+
+
+def test_a_norm_parameter_reshaped_in_place_after_cached_steps_raises_clearly():
+    x, y = _problem()
+    model = _norm_mlp("layer")
+    opt, loss = optim.SGD(0.1, momentum=0.9), nn.SoftmaxCrossEntropy()
+    for _ in range(2):
+        model.train_step(x, y, loss, opt)
+    gamma = model.layers[4].params["gamma"]
+    gamma.shape = (1, 5)  # the same array object, no longer (5,)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="4.gamma"):
+        model.train_step(x, y, loss, opt)
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("bad,exc", [(-1.0, ValueError), ("0.1", TypeError)])
+def test_a_norm_scalar_set_to_a_bad_value_after_cached_steps_is_refused(bad, exc):
+    x, y = _problem()
+    model = _norm_mlp("batch")
+    opt, loss = optim.SGD(0.1), nn.SoftmaxCrossEntropy()
+    model.train_step(x, y, loss, opt)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    for attr in ("eps", "momentum"):
+        old = getattr(model.layers[1], attr)
+        setattr(model.layers[1], attr, bad)
+        with pytest.raises(exc, match=attr):
+            model.train_step(x, y, loss, opt)
+        setattr(model.layers[1], attr, old)
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)

@@ -8,6 +8,8 @@ a. What is fused, and why: a training step's elementwise work is memory-bound, s
    * ``linear_act_forward``: out = act(x·w + b).  The GEMM writes into `out`; one epilogue pass
      adds the bias and applies the activation in place (optionally also storing the
      pre-activation z = x·w + b in `pre`, which only GELU's backward needs).
+   * ``bias_act_forward``: that epilogue alone, in place on an (N, M) array another kernel
+     wrote (the training step's normalization output, between the GEMM and the activation).
    * ``act_backward_bias``: dz = dout ⊙ act'(·) and db = s·Σ_rows dz + β·db in ONE pass.  dz may
      be dout itself (in place), and db may be the bias itself (s = −lr, β = 1: an SGD step).
 b. What the backward reads: the saved OUTPUT a for relu, leaky_relu (alpha >= 0), sigmoid,
@@ -41,7 +43,7 @@ from ._fused_loops cimport _backward, _epilogue, activation_codes, differentiate
 
 cnp.import_array()
 
-__all__ = ["linear_act_forward", "act_backward_bias"]
+__all__ = ["linear_act_forward", "bias_act_forward", "act_backward_bias"]
 
 #: activation name -> code: fastbp._specs.FUSED_ACTIVATIONS, generated into _fused_loops.pxd
 ACTIVATION_CODES = activation_codes()
@@ -99,6 +101,33 @@ def linear_act_forward(x, w, b, str activation, double alpha, pre, out, int n_th
         else:
             _forward(<double>0, <const double *>a.x, <const double *>a.w, <const double *>a.b,
                      <double *>ppre, <double *>a.out, a.n, a.d, a.m, act, alpha, n_threads)
+
+
+def bias_act_forward(z, b, str activation, double alpha, pre, int n_threads=1):
+    """z := act(z + b) in place, pre := z + b first when pre is not None (required for gelu*);
+    b (m,) may be None.  linear_act_forward's epilogue alone, for an (n, m) z that another
+    kernel wrote (a normalization's output in the fused training step)."""
+    cdef str k = "bias_act_forward"
+    cdef int act = _code(activation)
+    if z is None:
+        raise TypeError(f"{k}: z must be a numpy.ndarray, got None")
+    cdef int t = float_type(z, k, "z")
+    cdef char *pz = matrix_data(z, k, "z", t, True, -1, -1)
+    cdef Py_ssize_t n = (<cnp.ndarray>z).shape[0], m = (<cnp.ndarray>z).shape[1]
+    cdef const char *pb = vector_data(b, k, "b", t, False, m, "z's columns")
+    cdef char *ppre = matrix_data(pre, k, "pre", t, True, n, m)
+    check_threads(k, n_threads)
+    if pre is None and activation in DIFFERENTIATED_FROM_INPUT:
+        raise ValueError(f"{k}: {activation} needs `pre` (its backward reads z)")
+    if n == 0 or m == 0:
+        return
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            _epilogue(<float *>pz, <const float *>pb, <float *>ppre, n, m, act, <float>alpha,
+                      n_threads)
+        else:
+            _epilogue(<double *>pz, <const double *>pb, <double *>ppre, n, m, act, alpha,
+                      n_threads)
 
 
 def act_backward_bias(dout, saved, str activation, double alpha, dz, db, double scale=1.0,

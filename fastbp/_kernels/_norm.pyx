@@ -79,8 +79,10 @@ d. Numerics:
      fastbp.nn.BatchNorm1d passes 1 - its PyTorch momentum).  With ``unbiased`` the variance
      fed to running_var is var * N / (N - 1) (PyTorch); normalisation always uses the biased
      one.  eps = 0 with a constant feature gives inv_std = inf, as the formula says.
-e. Not done: non-contiguous buffers, spatial (N, C, H, W) batch norm, group norm, fusion with
-   the preceding GEMM's epilogue or with the fused training step, a backward for test mode
+e. The one-call training step (_step.pyx) runs _bn_train, _bn_backward, _ln_forward and
+   _ln_backward through _norm.pxd, between its GEMMs and activation epilogues.
+   Not done: non-contiguous buffers, spatial (N, C, H, W) batch norm, group norm, fusion with
+   the preceding GEMM's epilogue or with the activation's pass, a backward for test mode
    (the Python layers refuse it), a float32 backward that is accurate enough (see d; it would
    about halve the arithmetic), non-temporal stores for out / dx.  Batch norm
    with at most COL_ALIGN features is one block, so one thread.  Choosing n_threads (serial

@@ -3,15 +3,20 @@
 
 Design
 ------
-a. What it runs: for a chain Linear [act] ... Linear planned by fastbp._planner, forward (GEMM +
-   epilogue per layer), the loss and its gradient (one pass per row), backward (activation
-   derivative fused with the bias-gradient reduction, dx from the old weights, the
-   weight-gradient GEMM) and the update: SGD / heavy-ball momentum folded into that GEMM, or
-   Adam / RMSProp as _optim's own sweeps (_optim.pxd) on the gradients, layer by layer, so the
-   result is the kernel-by-kernel path's bit for bit (tested).  The
-   row loops are the fused kernels' (_fused_loops.pxd), the row losses _losses' (_loss_math.pxd).
+a. What it runs: for a chain Linear [norm] [act] ... Linear planned by fastbp._planner, forward
+   (GEMM + epilogue per layer; with a norm: GEMM + bias, the norm, the activation in place),
+   the loss and its gradient (one pass per row), backward (activation derivative fused with the
+   bias-gradient reduction -- with a norm: the derivative, the norm's backward, then the bias
+   gradient --, dx from the old weights, the weight-gradient GEMM) and the update: SGD /
+   heavy-ball momentum folded into that GEMM, or Adam / RMSProp as _optim's own sweeps
+   (_optim.pxd) on the gradients, layer by layer; a norm's gamma and beta get their gradients
+   and _optim's sweep for the update kind (SGD, momentum, Adam, RMSProp).  The result is the
+   kernel-by-kernel path's to float rounding (tested).  The row loops are the fused kernels'
+   (_fused_loops.pxd), the row losses _losses' (_loss_math.pxd), the norms _norm's
+   (_norm.pxd: batch norm in training mode, updating its running averages, and layer norm).
 b. No reference twin: it is tested against the kernel-by-kernel path (fastbp._planner's
-   general path, made of kernels that have twins) in tests/test_step.py.
+   general path, made of kernels that have twins) in tests/test_step.py and, for chains with
+   norms, tests/test_step_norm.py.
 c. Ownership: the planner allocates every buffer once per (plan, batch size) and passes them
    in; FusedStep keeps them (and the parameters and velocities it points into) alive.
 d. Checks: the planner checks everything when it builds a FusedStep; :meth:`FusedStep.run`
@@ -28,9 +33,10 @@ from libc.stdlib cimport calloc, free
 
 from ._arrays cimport check_array
 from ._blas cimport gemm_rm
-from ._fused_loops cimport _backward, _epilogue
+from ._fused_loops cimport IDENTITY, _backward, _epilogue
 from ._loss_math cimport mse_row, softmax_xent_row, svm_row
-from ._optim cimport _adam, _rmsprop
+from ._norm cimport _bn_backward, _bn_train, _ln_backward, _ln_forward
+from ._optim cimport _adam, _momentum, _rmsprop, _sgd
 from libc.math cimport pow, sqrt
 
 cnp.import_array()
@@ -49,6 +55,12 @@ cdef enum UpdateKind:
 #: fastbp.optim.FusedUpdate.kind -> code
 UPDATE_KINDS = {"sgd": UPDATE_SGD, "adam": UPDATE_ADAM, "rmsprop": UPDATE_RMSPROP}
 
+cdef enum NormKind:
+    NO_NORM, BATCH_NORM, LAYER_NORM
+
+#: fastbp._planner.FusedNorm.statistics -> code, for the norms a training step runs
+NORM_KINDS = {"batch": BATCH_NORM, "row": LAYER_NORM}
+
 
 cdef struct Layer:
     Py_ssize_t d_in, d_out
@@ -65,6 +77,22 @@ cdef struct Layer:
     void *w_state2    # Adam's exp_avg_sq of w
     void *b_state1
     void *b_state2
+    int norm          # NormKind: a normalization between the GEMM (+ bias) and the activation
+    void *z           # (n, d_out) the GEMM's output, the norm's input (NULL without a norm)
+    void *gamma       # (d_out,) the norm's scale and shift, and their gradients
+    void *beta
+    void *dgamma
+    void *dbeta
+    double *mean      # float64 statistics the norm's backward reads: (d_out,) / (n,)
+    double *inv_std
+    void *run_mean    # batch norm's running averages, updated in place
+    void *run_var
+    double eps, momentum  # momentum weights the OLD running value (the kernels' convention)
+    bint trained      # gamma / beta are parameters (updated), not fixed ones
+    void *gamma_state1  # their optimizer state, as w_state* (velocity for momentum SGD)
+    void *gamma_state2
+    void *beta_state1
+    void *beta_state2
 
 
 cdef void *_address(a) except? NULL:
@@ -95,6 +123,45 @@ cdef void _descend(floating *w, const floating *v, Py_ssize_t size, floating ste
             w[k] = w[k] - step * v[k]
 
 
+cdef void _update(floating *p, const floating *g, void *state1, void *state2, Py_ssize_t size,
+                  int update, double lr, double momentum, const double *hyper, int n_threads,
+                  Py_ssize_t min_parallel) noexcept nogil:
+    """Update p from its gradient g with _optim's own sweep (what optimizer.step runs):
+    SGD (momentum: state1 is the velocity), Adam (state1, state2) or RMSProp (state1)."""
+    cdef int nt = n_threads if size >= min_parallel else 1
+    if update == UPDATE_ADAM:
+        _adam(p, g, <floating *>state1, <floating *>state2, size, hyper[0], hyper[1], hyper[2],
+              hyper[3], hyper[4], hyper[5], nt)
+    elif update == UPDATE_RMSPROP:
+        _rmsprop(p, g, <floating *>state1, size, lr, hyper[0], hyper[1], hyper[2], nt)
+    elif momentum != 0:
+        _momentum(p, g, <floating *>state1, size, lr, momentum, 0.0, False, nt)
+    else:
+        _sgd(p, g, size, lr, 0.0, nt)
+
+
+cdef void _norm_forward(Layer *L, Py_ssize_t n, double var_scale, floating *out,
+                        int nt) noexcept nogil:
+    """out := the norm of L.z (batch statistics, the running averages updated; or per row)."""
+    if L.norm == BATCH_NORM:
+        _bn_train(<floating *>L.z, <floating *>L.gamma, <floating *>L.beta, out, L.mean,
+                  L.inv_std, <floating *>L.run_mean, <floating *>L.run_var, n, L.d_out, L.eps,
+                  L.momentum, var_scale, nt)
+    else:
+        _ln_forward(<floating *>L.z, <floating *>L.gamma, <floating *>L.beta, out, L.mean,
+                    L.inv_std, n, L.d_out, L.eps, nt)
+
+
+cdef void _norm_backward(Layer *L, Py_ssize_t n, floating *d, int nt) noexcept nogil:
+    """d := dL/dz from d = dL/d(norm output), in place; dgamma, dbeta written."""
+    if L.norm == BATCH_NORM:
+        _bn_backward(d, <floating *>L.z, <floating *>L.gamma, L.mean, L.inv_std, d,
+                     <floating *>L.dgamma, <floating *>L.dbeta, n, L.d_out, nt)
+    else:
+        _ln_backward(d, <floating *>L.z, <floating *>L.gamma, L.mean, L.inv_std, d,
+                     <floating *>L.dgamma, <floating *>L.dbeta, n, L.d_out, nt)
+
+
 cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n, const floating *x,
                   const int64_t *labels, const floating *target, int loss, floating *dlogits,
                   double *row_loss, double lr, double momentum, int update, const double *hyper,
@@ -114,16 +181,27 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
     cdef double total = 0, loss_scale
     cdef floating scale = 1, beta = momentum, step = <floating>lr
     cdef Py_ssize_t size
+    cdef floating *y
+    cdef double var_scale = n / (n - 1.0) if n > 1 else 1.0  # batch norm's unbiased running var
     if update != UPDATE_SGD:
         beta = 0                         # plain gradients, then _optim's sweep
     elif momentum == 0:
         scale, beta = <floating>-lr, 1   # the update itself happens inside the GEMM
     for l in range(n_layers):
         L = &layers[l]
+        nt = n_threads if n * L.d_out >= min_parallel else 1
+        y = <floating *>L.out if L.norm == NO_NORM else <floating *>L.z
         gemm_rm(False, False, <int>n, <int>L.d_out, <int>L.d_in, 1.0, h, <int>L.d_in,
-                <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.out, <int>L.d_out)
-        _epilogue(<floating *>L.out, <floating *>L.b, <floating *>L.pre, n, L.d_out, L.act,
-                  <floating>L.alpha, n_threads if n * L.d_out >= min_parallel else 1)
+                <floating *>L.w, <int>L.d_out, 0.0, y, <int>L.d_out)
+        if L.norm == NO_NORM:
+            _epilogue(y, <floating *>L.b, <floating *>L.pre, n, L.d_out, L.act,
+                      <floating>L.alpha, nt)
+        else:  # z + b, its norm into out, then the activation in place
+            _epilogue(y, <floating *>L.b, <floating *>NULL, n, L.d_out, IDENTITY, 0, nt)
+            _norm_forward(L, n, var_scale, <floating *>L.out, nt)
+            if L.act != IDENTITY:
+                _epilogue(<floating *>L.out, <floating *>NULL, <floating *>L.pre, n, L.d_out,
+                          L.act, <floating>L.alpha, nt)
         h = <floating *>L.out
     c = layers[n_layers - 1].d_out
     nt = n_threads if n * c >= min_parallel else 1
@@ -141,29 +219,35 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
         L = &layers[l]
         h = x if l == 0 else <floating *>layers[l - 1].out
         nt = n_threads if n * L.d_out >= min_parallel else 1
-        _backward(d, <floating *>L.pre if L.pre != NULL else <floating *>L.out, d,
-                  <floating *>L.b_target, n, L.d_out, L.act, <floating>L.alpha, scale, beta, nt)
+        if L.norm == NO_NORM:
+            _backward(d, <floating *>L.pre if L.pre != NULL else <floating *>L.out, d,
+                      <floating *>L.b_target, n, L.d_out, L.act, <floating>L.alpha, scale, beta,
+                      nt)
+        else:  # the activation's derivative, the norm's backward, then the bias gradient
+            if L.act != IDENTITY:
+                _backward(d, <floating *>L.pre if L.pre != NULL else <floating *>L.out, d,
+                          <floating *>NULL, n, L.d_out, L.act, <floating>L.alpha, 1, 0, nt)
+            _norm_backward(L, n, d, nt)
+            if L.b_target != NULL:  # dz NULL: a plain column sum of d, nothing written to d
+                _backward(d, d, <floating *>NULL, <floating *>L.b_target, n, L.d_out,
+                          IDENTITY, 0, scale, beta, nt)
         if l > 0:  # dx from the old weights, before the GEMM below may update them
             gemm_rm(False, True, <int>n, <int>L.d_in, <int>L.d_out, 1.0, d, <int>L.d_out,
                     <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.dx, <int>L.d_in)
         gemm_rm(True, False, <int>L.d_in, <int>L.d_out, <int>n, scale, h, <int>L.d_in, d,
                 <int>L.d_out, beta, <floating *>L.w_target, <int>L.d_out)
         size = L.d_in * L.d_out
-        if update == UPDATE_ADAM:
-            _adam(<floating *>L.w, <floating *>L.w_target, <floating *>L.w_state1,
-                  <floating *>L.w_state2, size, hyper[0], hyper[1], hyper[2], hyper[3],
-                  hyper[4], hyper[5], n_threads if size >= min_parallel else 1)
+        if L.trained:  # gamma and beta: their gradients, then the optimizer's own sweep
+            _update(<floating *>L.gamma, <floating *>L.dgamma, L.gamma_state1, L.gamma_state2,
+                    L.d_out, update, lr, momentum, hyper, n_threads, min_parallel)
+            _update(<floating *>L.beta, <floating *>L.dbeta, L.beta_state1, L.beta_state2,
+                    L.d_out, update, lr, momentum, hyper, n_threads, min_parallel)
+        if update != UPDATE_SGD:
+            _update(<floating *>L.w, <floating *>L.w_target, L.w_state1, L.w_state2, size,
+                    update, lr, momentum, hyper, n_threads, min_parallel)
             if L.b != NULL:
-                _adam(<floating *>L.b, <floating *>L.b_target, <floating *>L.b_state1,
-                      <floating *>L.b_state2, L.d_out, hyper[0], hyper[1], hyper[2], hyper[3],
-                      hyper[4], hyper[5], n_threads if L.d_out >= min_parallel else 1)
-        elif update == UPDATE_RMSPROP:
-            _rmsprop(<floating *>L.w, <floating *>L.w_target, <floating *>L.w_state1, size, lr,
-                     hyper[0], hyper[1], hyper[2], n_threads if size >= min_parallel else 1)
-            if L.b != NULL:
-                _rmsprop(<floating *>L.b, <floating *>L.b_target, <floating *>L.b_state1,
-                         L.d_out, lr, hyper[0], hyper[1], hyper[2],
-                         n_threads if L.d_out >= min_parallel else 1)
+                _update(<floating *>L.b, <floating *>L.b_target, L.b_state1, L.b_state2,
+                        L.d_out, update, lr, momentum, hyper, n_threads, min_parallel)
         elif momentum != 0:  # w -= lr * velocity, for the weights and the bias
             _descend(<floating *>L.w, <floating *>L.w_target, size, step,
                      n_threads if size >= min_parallel else 1)
@@ -175,7 +259,7 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
 
 cdef class FusedStep:
     """A compiled training step (SGD / momentum, Adam, RMSProp) for one chain of Linear
-    (+ activation) layers.
+    (+ norm, + activation) layers.
 
     Built by fastbp._planner once per (plan, batch size, loss, velocity arrays), which checks
     every array (C-contiguous, one float dtype, consistent shapes); FusedStep keeps them alive.
@@ -187,8 +271,9 @@ cdef class FusedStep:
     Parameters
     ----------
     layers : sequence of fastbp._planner.StepLayer
-        First layer first: ``W, b, W_target, b_target, out, pre, dx`` (arrays or None) and the
-        activation's code and alpha.
+        First layer first: ``W, b, W_target, b_target, out, pre, dx`` (arrays or None), the
+        activation's code and alpha, the optimizer state of W and b, and the norm
+        (fastbp._planner.StepNorm: ``NORM_KINDS`` code, arrays, eps, momentum) or None.
     loss : int
         The loss code (``LOSS_KINDS``).
     dlogits : ndarray (n, n_out), row_loss : float64 ndarray (n,)
@@ -224,13 +309,30 @@ cdef class FusedStep:
         self.row_loss = <double *>_address(row_loss)
         self.arrays = (tuple(layers), dlogits, row_loss)
         self.written = tuple(written)
+        cdef Layer *C
         for l, L in enumerate(layers):
+            C = &self.layers[l]
             ws, bs = tuple(L.W_state) + (None, None), tuple(L.b_state) + (None, None)
-            self.layers[l] = Layer(L.W.shape[0], L.W.shape[1], L.act_code, L.alpha,
-                                   _address(L.W), _address(L.b), _address(L.W_target),
-                                   _address(L.b_target), _address(L.out), _address(L.pre),
-                                   _address(L.dx), _address(ws[0]), _address(ws[1]),
-                                   _address(bs[0]), _address(bs[1]))
+            C.d_in, C.d_out, C.act, C.alpha = L.W.shape[0], L.W.shape[1], L.act_code, L.alpha
+            C.w, C.b = _address(L.W), _address(L.b)
+            C.w_target, C.b_target = _address(L.W_target), _address(L.b_target)
+            C.out, C.pre, C.dx = _address(L.out), _address(L.pre), _address(L.dx)
+            C.w_state1, C.w_state2 = _address(ws[0]), _address(ws[1])
+            C.b_state1, C.b_state2 = _address(bs[0]), _address(bs[1])
+            N = L.norm
+            if N is None:
+                continue  # calloc: C.norm = NO_NORM, every pointer NULL
+            if N.kind not in (BATCH_NORM, LAYER_NORM):
+                raise ValueError(f"FusedStep: unknown norm code {N.kind}")
+            gs, bs = tuple(N.gamma_state) + (None, None), tuple(N.beta_state) + (None, None)
+            C.norm, C.z = N.kind, _address(N.z)
+            C.gamma, C.beta = _address(N.gamma), _address(N.beta)
+            C.dgamma, C.dbeta = _address(N.dgamma), _address(N.dbeta)
+            C.mean, C.inv_std = <double *>_address(N.mean), <double *>_address(N.inv_std)
+            C.run_mean, C.run_var = _address(N.running_mean), _address(N.running_var)
+            C.eps, C.momentum, C.trained = N.eps, N.momentum, N.trained
+            C.gamma_state1, C.gamma_state2 = _address(gs[0]), _address(gs[1])
+            C.beta_state1, C.beta_state2 = _address(bs[0]), _address(bs[1])
 
     def __dealloc__(self):
         free(self.layers)

@@ -9,7 +9,7 @@ import numpy as np
 from .._specs import FUSED_ACTIVATIONS, FUSED_FORMS, FUSED_FROM_INPUT
 from . import activations
 
-__all__ = ["linear_act_forward", "act_backward_bias"]
+__all__ = ["linear_act_forward", "bias_act_forward", "act_backward_bias"]
 
 ACTIVATION_CODES = {code: i for i, code in enumerate(FUSED_ACTIVATIONS)}
 DIFFERENTIATED_FROM_INPUT = FUSED_FROM_INPUT
@@ -54,6 +54,17 @@ def linear_act_forward(x, w, b, activation, alpha, pre, out, n_threads=1):
     if pre is not None:
         pre[...] = z
     _apply(activation, alpha, z, out)
+
+
+def bias_act_forward(z, b, activation, alpha, pre, n_threads=1):
+    """z := act(z + b) in place, pre := z + b first when pre is not None (required for gelu*)."""
+    _check(activation)
+    if pre is None and activation in DIFFERENTIATED_FROM_INPUT:
+        raise ValueError(f"bias_act_forward: {activation} needs `pre` (its backward reads z)")
+    zb = z + (b if b is not None else 0)
+    if pre is not None:
+        pre[...] = zb
+    _apply(activation, alpha, zb, z)
 
 
 def act_backward_bias(dout, saved, activation, alpha, dz, db, scale=1.0, beta=0.0, n_threads=1):
