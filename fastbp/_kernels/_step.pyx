@@ -105,19 +105,22 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
     and RMSProp get their gradients in w_target / b_target (scale 1, beta 0, as the
     kernel-by-kernel path) and run _optim's sweeps on them, layer by layer (each layer's
     weights are read by nothing after its own dx GEMM).  hyper: Adam (step_size, beta1, beta2,
-    inv_sqrt_bc2, eps, weight_decay), RMSProp (alpha, eps, weight_decay)."""
+    inv_sqrt_bc2, eps, weight_decay, bias_weight_decay), RMSProp (alpha, eps, weight_decay,
+    bias_weight_decay), SGD (weight_decay, bias_weight_decay: momentum 0 only, folded into the
+    GEMMs' beta)."""
     cdef Layer *L
     cdef const floating *h = x
     cdef floating *d
     cdef Py_ssize_t i, c
     cdef int l, nt
     cdef double total = 0, loss_scale
-    cdef floating scale = 1, beta = momentum, step = <floating>lr
+    cdef floating scale = 1, beta = momentum, b_beta, step = <floating>lr
     cdef Py_ssize_t size
     if update != UPDATE_SGD:
         beta = 0                         # plain gradients, then _optim's sweep
-    elif momentum == 0:
-        scale, beta = <floating>-lr, 1   # the update itself happens inside the GEMM
+    elif momentum == 0:                  # the update itself happens inside the GEMM
+        scale, beta = <floating>-lr, <floating>(1.0 - lr * hyper[0])
+    b_beta = <floating>(1.0 - lr * hyper[1]) if update == UPDATE_SGD and momentum == 0 else beta
     for l in range(n_layers):
         L = &layers[l]
         gemm_rm(False, False, <int>n, <int>L.d_out, <int>L.d_in, 1.0, h, <int>L.d_in,
@@ -142,7 +145,7 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
         h = x if l == 0 else <floating *>layers[l - 1].out
         nt = n_threads if n * L.d_out >= min_parallel else 1
         _backward(d, <floating *>L.pre if L.pre != NULL else <floating *>L.out, d,
-                  <floating *>L.b_target, n, L.d_out, L.act, <floating>L.alpha, scale, beta, nt)
+                  <floating *>L.b_target, n, L.d_out, L.act, <floating>L.alpha, scale, b_beta, nt)
         if l > 0:  # dx from the old weights, before the GEMM below may update them
             gemm_rm(False, True, <int>n, <int>L.d_in, <int>L.d_out, 1.0, d, <int>L.d_out,
                     <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.dx, <int>L.d_in)
@@ -156,13 +159,13 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
             if L.b != NULL:
                 _adam(<floating *>L.b, <floating *>L.b_target, <floating *>L.b_state1,
                       <floating *>L.b_state2, L.d_out, hyper[0], hyper[1], hyper[2], hyper[3],
-                      hyper[4], hyper[5], n_threads if L.d_out >= min_parallel else 1)
+                      hyper[4], hyper[6], n_threads if L.d_out >= min_parallel else 1)
         elif update == UPDATE_RMSPROP:
             _rmsprop(<floating *>L.w, <floating *>L.w_target, <floating *>L.w_state1, size, lr,
                      hyper[0], hyper[1], hyper[2], n_threads if size >= min_parallel else 1)
             if L.b != NULL:
                 _rmsprop(<floating *>L.b, <floating *>L.b_target, <floating *>L.b_state1,
-                         L.d_out, lr, hyper[0], hyper[1], hyper[2],
+                         L.d_out, lr, hyper[0], hyper[1], hyper[3],
                          n_threads if L.d_out >= min_parallel else 1)
         elif momentum != 0:  # w -= lr * velocity, for the weights and the bias
             _descend(<floating *>L.w, <floating *>L.w_target, size, step,
@@ -181,8 +184,8 @@ cdef class FusedStep:
     every array (C-contiguous, one float dtype, consistent shapes); FusedStep keeps them alive.
     :meth:`run` checks the batch and the arrays it writes, then runs forward, loss, backward
     and the update in one nogil call.  Parameters are updated in place: the weight-gradient
-    GEMM writes ``W := W - lr * xᵀ·dz`` directly (momentum 0) or the velocity
-    ``v := xᵀ·dz + mu * v`` followed by ``W -= lr * v``.
+    GEMM writes ``W := (1 - lr * weight_decay) * W - lr * xᵀ·dz`` directly (momentum 0) or
+    the velocity ``v := xᵀ·dz + mu * v`` followed by ``W -= lr * v``.
 
     Parameters
     ----------
@@ -241,8 +244,9 @@ cdef class FusedStep:
         x, labels and target must be C-contiguous and of the plan's dtype (the caller checks).
         Labels outside [0, n_out) and parameters or velocities that are no longer writeable,
         C-contiguous arrays of the step's dtype raise ValueError before anything is written.
-        `hyper`: Adam (beta1, beta2, eps, weight_decay, t), RMSProp (alpha, eps, weight_decay);
-        unused for SGD.  Returns the mean loss before the update."""
+        `hyper`: Adam (beta1, beta2, eps, weight_decay, bias_weight_decay, t), RMSProp (alpha,
+        eps, weight_decay, bias_weight_decay), SGD (momentum, weight_decay, bias_weight_decay)
+        or () for no weight decay.  Returns the mean loss before the update."""
         cdef const int64_t[::1] y
         cdef const int64_t *py = NULL
         cdef Py_ssize_t i
@@ -263,15 +267,17 @@ cdef class FusedStep:
                     raise ValueError(f"y must lie in [0, {self.n_out}), found label {py[i]}")
         elif target.shape != (self.n, self.n_out):
             raise ValueError(f"target must have shape {(self.n, self.n_out)}, got {target.shape}")
-        cdef double h[6]
+        cdef double h[7]
         if self.update == UPDATE_ADAM:  # bias corrections as adam_step computes them
-            b1, b2, eps, wd, t = hyper
+            b1, b2, eps, wd, bias_wd, t = hyper
             h[0] = lr / (1.0 - pow(b1, <double>t))
             h[1], h[2] = b1, b2
             h[3] = 1.0 / sqrt(1.0 - pow(b2, <double>t))
-            h[4], h[5] = eps, wd
+            h[4], h[5], h[6] = eps, wd, bias_wd
         elif self.update == UPDATE_RMSPROP:
-            h[0], h[1], h[2] = hyper
+            h[0], h[1], h[2], h[3] = hyper
+        else:
+            h[0], h[1] = hyper[1:] if hyper else (0.0, 0.0)
         cdef void *px = _address(x)
         cdef void *pt = _address(target) if self.loss == SQUARED else NULL
         with nogil:
