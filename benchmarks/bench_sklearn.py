@@ -1,8 +1,8 @@
 """fastbp.sklearn.MLPClassifier vs scikit-learn's MLPClassifier: ``fit`` and ``predict_proba``.
 
 Cases (same hyper-parameters for everyone: in-256-10, relu, Adam lr 1e-3, batch 64, alpha 1e-4
-(``--alpha`` changes it for everyone: with 0 fastbp trains on its one-call compiled step), 10
-epochs, ``tol=0`` so no run stops early, random_state 0):
+(``--alpha`` changes it for everyone; fastbp trains on its one-call compiled step either way),
+10 epochs, ``tol=0`` so no run stops early, random_state 0):
 
 * ``mnist``   the first 8,000 MNIST t10k images (``FASTBP_MNIST_DIR``); predict_proba on all
               10,000 t10k rows

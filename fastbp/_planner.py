@@ -584,7 +584,8 @@ def _compiled_step(plan, cache, x, y, loss, optimizer):
     step = cache.compiled_step(plan, optimizer, update, n, spec.kernel)
     threads, min_work = _config.get_num_threads(), _config.PARALLEL_MIN_WORK
     if update.kind == "sgd":
-        return step.run(x, labels, target, update.lr, update.hyper[0], threads, min_work)
+        return step.run(x, labels, target, update.lr, update.hyper[0], threads, min_work,
+                        update.hyper)
     if not update.counts_steps:
         return step.run(x, labels, target, update.lr, 0.0, threads, min_work, update.hyper)
     t = cache.step_count(optimizer)  # Adam: one count for all parameters, else the general path

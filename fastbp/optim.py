@@ -27,6 +27,9 @@ Optimizer classes
 semantics and update a dict of parameters IN PLACE from a dict of gradients:
 ``opt.step(params, grads)``, or a list or dict of ``fastbp.autograd`` leaf tensors from their
 ``.grad``: ``opt.step(params)``.  Per-parameter state is created lazily on the first step.
+Their ``weight_decay`` applies to every parameter unless ``decay_biases=False``: then only
+parameters with two or more dimensions (weights) are decayed, and 1-D ones (biases,
+normalization scales and shifts) are not -- scikit-learn's ``alpha`` and timm's no-decay group.
 
 Validation happens before anything is written: a bad hyper-parameter, shape, dtype, key or state
 raises ValueError/TypeError (naming it) and leaves w, the parameters, `config` and the optimizer
@@ -362,6 +365,26 @@ def _tensor_arrays(tensors):
 _MISSING = object()
 
 
+def _validate_decay(weight_decay, decay_biases):
+    """The checked ``weight_decay`` and ``decay_biases`` entries of a hyper-parameter dict."""
+    return {"weight_decay": val.real(weight_decay, "weight_decay", 0),
+            "decay_biases": val.flag(decay_biases, "decay_biases")}
+
+
+def _bias_decay(hp):
+    """The weight decay of parameters with fewer than two dimensions (biases): none with
+    ``decay_biases=False``."""
+    return hp["weight_decay"] if hp["decay_biases"] else 0.0
+
+
+def _without_bias_decay(hp):
+    """Checked hyper-parameters `hp` as they apply to a parameter with fewer than two
+    dimensions: `hp` itself, or a copy with no weight decay (``decay_biases=False``)."""
+    if "decay_biases" not in hp or _bias_decay(hp) == hp["weight_decay"]:
+        return hp
+    return {**hp, "weight_decay": 0.0}
+
+
 class GemmFold(NamedTuple):
     """How a fused step folds one parameter's update into its gradient GEMM: the GEMM computes
     ``target := scale * gradient + beta * target``, then ``finish()`` (if not None) completes
@@ -376,8 +399,10 @@ class GemmFold(NamedTuple):
 class FusedUpdate(NamedTuple):
     """An update the one-call compiled step runs itself, with checked hyper-parameters.
 
-    ``kind`` is "sgd" (``hyper`` = (momentum,)), "adam" ((beta1, beta2, eps, weight_decay))
-    or "rmsprop" ((alpha, eps, weight_decay)); ``state_keys`` name the arrays of
+    ``kind`` is "sgd" (``hyper`` = (momentum, weight_decay, bias_weight_decay)), "adam"
+    ((beta1, beta2, eps, weight_decay, bias_weight_decay)) or "rmsprop" ((alpha, eps,
+    weight_decay, bias_weight_decay)): ``weight_decay`` is the weights', ``bias_weight_decay``
+    the biases' (0 with ``decay_biases=False``); ``state_keys`` name the arrays of
     ``state[param name]`` the update reads and writes (created by :meth:`Optimizer.prepare_state`),
     ``counts_steps`` says whether ``state[name]["step"]`` counts the updates (Adam).
     """
@@ -407,6 +432,9 @@ class Optimizer:
     _hyper = ()
     _arrays = ()
     _counts_steps = False
+    #: hyper-parameters added after a release, with the value a state_dict saved before them
+    #: stands for (what its optimizer did): load_state_dict fills them in
+    _added_hyper = {"decay_biases": True}
 
     def __init__(self, **hyperparameters):
         for name, value in self._validate(**hyperparameters).items():
@@ -514,9 +542,10 @@ class Optimizer:
         work = self._checked(params, grads)
         needed = self._arrays_needed(hp)
         prepare, update = self.prepare_state, self._update
+        hp_1d = _without_bias_decay(hp)
         for name, p, g in work:
             state = prepare(name, p, needed)
-            update(_flat(p), _flat(g), state, hp, threads_for(p.size))
+            update(_flat(p), _flat(g), state, hp if p.ndim > 1 else hp_1d, threads_for(p.size))
 
     def prepare_state(self, name, param, keys):
         """``state[name]`` with its arrays `keys` created (zeros like `param`) where missing,
@@ -618,7 +647,8 @@ class Optimizer:
         ----------
         state_dict : dict
             ``{"hyperparameters": {...}, "state": {...}}`` as :meth:`state_dict` returns, for an
-            optimizer of the same class.
+            optimizer of the same class.  A state_dict saved before ``decay_biases`` existed
+            loads as ``decay_biases=True`` (what that optimizer did).
 
         Raises
         ------
@@ -631,6 +661,8 @@ class Optimizer:
             raise ValueError("state_dict must be a dict with exactly the keys 'hyperparameters' "
                              "and 'state'")
         hyper, states = state_dict["hyperparameters"], state_dict["state"]
+        if isinstance(hyper, Mapping):  # saved before a hyper-parameter existed
+            hyper = {**{k: v for k, v in self._added_hyper.items() if k in self._hyper}, **hyper}
         if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper):
             got = list(hyper) if isinstance(hyper, Mapping) else type(hyper).__name__
             raise ValueError(f"state_dict['hyperparameters'] must have exactly the keys "
@@ -685,10 +717,13 @@ class SGD(Optimizer):
         L2 penalty coefficient, finite and >= 0 (added to the gradient).
     nesterov : bool, default False
         Nesterov momentum; requires momentum > 0.
+    decay_biases : bool, default True
+        False: weight decay applies only to parameters with two or more dimensions (weights),
+        not to 1-D ones (biases, normalization scales and shifts).
 
     Attributes
     ----------
-    lr, momentum, weight_decay, nesterov
+    lr, momentum, weight_decay, nesterov, decay_biases
         May be changed between steps (a schedule); :meth:`step` re-validates them.
     state : dict
         ``{name: {"momentum_buffer": ndarray}}`` once momentum is used.
@@ -708,19 +743,20 @@ class SGD(Optimizer):
     0.95
     """
 
-    _hyper = ("lr", "momentum", "weight_decay", "nesterov")
+    _hyper = ("lr", "momentum", "weight_decay", "nesterov", "decay_biases")
     _arrays = ("momentum_buffer",)
 
-    def __init__(self, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-        super().__init__(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    def __init__(self, lr, momentum=0.0, weight_decay=0.0, nesterov=False, decay_biases=True):
+        super().__init__(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                         decay_biases=decay_biases)
 
     @classmethod
-    def _validate(cls, lr, momentum, weight_decay, nesterov):
+    def _validate(cls, lr, momentum, weight_decay, nesterov, decay_biases):
         hp = {
             "lr": val.real(lr, "lr", 0),
             "momentum": val.fraction(momentum, "momentum"),
-            "weight_decay": val.real(weight_decay, "weight_decay", 0),
             "nesterov": val.flag(nesterov, "nesterov"),
+            **_validate_decay(weight_decay, decay_biases),
         }
         if hp["nesterov"] and hp["momentum"] == 0:
             raise ValueError("nesterov requires momentum > 0")
@@ -730,14 +766,18 @@ class SGD(Optimizer):
         return self._arrays if hp["momentum"] else ()
 
     def gemm_fold(self, name, param):
-        """Plain SGD: ``W := -lr * grad + W`` in the GEMM.  Heavy-ball momentum (no Nesterov,
-        no weight decay): ``b := grad + momentum * b`` in the GEMM, then ``W -= lr * b``.
-        Otherwise None (see :meth:`Optimizer.gemm_fold`)."""
+        """Plain SGD: ``W := -lr * grad + (1 - lr * weight_decay) * W`` in the GEMM (the weight
+        decay of `param`: none for a bias with ``decay_biases=False``).  Heavy-ball momentum
+        (no Nesterov, no weight decay): ``b := grad + momentum * b`` in the GEMM, then
+        ``W -= lr * b``.  Otherwise None (see :meth:`Optimizer.gemm_fold`)."""
         hp = self._checked_hyperparameters()
-        if hp["weight_decay"] != 0 or hp["nesterov"]:
+        if hp["nesterov"]:
             return None
         if hp["momentum"] == 0:
-            return GemmFold(param, -hp["lr"], 1.0, None)
+            decay = hp["weight_decay"] if param.ndim > 1 else _bias_decay(hp)
+            return GemmFold(param, -hp["lr"], 1.0 - hp["lr"] * decay, None)
+        if hp["weight_decay"] != 0:
+            return None
         self._check_state(name, param)  # as step() does: stale state is an error, not reset
         state = self.state.setdefault(name, {})
         buf = state.get("momentum_buffer")
@@ -751,13 +791,15 @@ class SGD(Optimizer):
         return GemmFold(buf, 1.0, hp["momentum"], finish)
 
     def fused_update(self):
-        """Heavy-ball SGD (no Nesterov, no weight decay) runs inside the compiled step; a
-        subclass that changes the update (overrides ``_update``) does not."""
+        """Plain SGD (with or without weight decay) and heavy-ball SGD (no Nesterov, no weight
+        decay) run inside the compiled step; a subclass that changes the update (overrides
+        ``_update``) does not."""
         hp = self._checked_hyperparameters()
-        if hp["weight_decay"] != 0 or hp["nesterov"] or not _plain(self, SGD):
-            return None
         mu = hp["momentum"]
-        return FusedUpdate("sgd", hp["lr"], (mu,), ("momentum_buffer",) if mu else ())
+        if (mu != 0 and hp["weight_decay"] != 0) or hp["nesterov"] or not _plain(self, SGD):
+            return None
+        return FusedUpdate("sgd", hp["lr"], (mu, hp["weight_decay"], _bias_decay(hp)),
+                           ("momentum_buffer",) if mu else ())
 
     def _update(self, w, g, state, hp, n_threads):
         if hp["momentum"] == 0:
@@ -829,10 +871,13 @@ class Adam(Optimizer):
         Added to the bias-corrected ``sqrt(v)`` (outside the square root); finite and > 0.
     weight_decay : float, default 0.0
         L2 penalty coefficient, finite and >= 0.
+    decay_biases : bool, default True
+        False: weight decay applies only to parameters with two or more dimensions (weights),
+        not to 1-D ones (biases, normalization scales and shifts).
 
     Attributes
     ----------
-    lr, betas, eps, weight_decay
+    lr, betas, eps, weight_decay, decay_biases
         May be changed between steps; :meth:`step` re-validates them.
     state : dict
         ``{name: {"exp_avg": m, "exp_avg_sq": v, "step": t}}`` (PyTorch's names).
@@ -843,22 +888,24 @@ class Adam(Optimizer):
         For hyper-parameters of the wrong type or out of range.
     """
 
-    _hyper = ("lr", "betas", "eps", "weight_decay")
+    _hyper = ("lr", "betas", "eps", "weight_decay", "decay_biases")
     _arrays = ("exp_avg", "exp_avg_sq")
     _counts_steps = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decay_biases=True):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         decay_biases=decay_biases)
 
     @classmethod
-    def _validate(cls, lr, betas, eps, weight_decay):
+    def _validate(cls, lr, betas, eps, weight_decay, decay_biases):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         return {
             "lr": val.real(lr, "lr", 0),
             "betas": (val.fraction(betas[0], "betas[0]"), val.fraction(betas[1], "betas[1]")),
             "eps": val.real(eps, "eps", 0, strict=True),
-            "weight_decay": val.real(weight_decay, "weight_decay", 0),
+            **_validate_decay(weight_decay, decay_biases),
         }
 
     def _update(self, w, g, state, hp, n_threads):
@@ -873,8 +920,8 @@ class Adam(Optimizer):
         hp = self._checked_hyperparameters()
         if not _plain(self, Adam):
             return None
-        return FusedUpdate("adam", hp["lr"], (*hp["betas"], hp["eps"], hp["weight_decay"]),
-                           self._arrays, True)
+        return FusedUpdate("adam", hp["lr"], (*hp["betas"], hp["eps"], hp["weight_decay"],
+                                              _bias_decay(hp)), self._arrays, True)
 
 
 class RMSProp(Optimizer):
@@ -895,10 +942,13 @@ class RMSProp(Optimizer):
         Added to ``sqrt(s)``; finite and > 0.
     weight_decay : float, default 0.0
         L2 penalty coefficient, finite and >= 0.
+    decay_biases : bool, default True
+        False: weight decay applies only to parameters with two or more dimensions (weights),
+        not to 1-D ones (biases, normalization scales and shifts).
 
     Attributes
     ----------
-    lr, alpha, eps, weight_decay
+    lr, alpha, eps, weight_decay, decay_biases
         May be changed between steps; :meth:`step` re-validates them.
     state : dict
         ``{name: {"square_avg": s}}`` (PyTorch's name).
@@ -909,19 +959,20 @@ class RMSProp(Optimizer):
         For hyper-parameters of the wrong type or out of range.
     """
 
-    _hyper = ("lr", "alpha", "eps", "weight_decay")
+    _hyper = ("lr", "alpha", "eps", "weight_decay", "decay_biases")
     _arrays = ("square_avg",)
 
-    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0):
-        super().__init__(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay)
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, decay_biases=True):
+        super().__init__(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         decay_biases=decay_biases)
 
     @classmethod
-    def _validate(cls, lr, alpha, eps, weight_decay):
+    def _validate(cls, lr, alpha, eps, weight_decay, decay_biases):
         return {
             "lr": val.real(lr, "lr", 0),
             "alpha": val.fraction(alpha, "alpha"),
             "eps": val.real(eps, "eps", 0, strict=True),
-            "weight_decay": val.real(weight_decay, "weight_decay", 0),
+            **_validate_decay(weight_decay, decay_biases),
         }
 
     def _update(self, w, g, state, hp, n_threads):
@@ -933,5 +984,5 @@ class RMSProp(Optimizer):
         hp = self._checked_hyperparameters()
         if not _plain(self, RMSProp):
             return None
-        return FusedUpdate("rmsprop", hp["lr"], (hp["alpha"], hp["eps"], hp["weight_decay"]),
-                           self._arrays)
+        return FusedUpdate("rmsprop", hp["lr"], (hp["alpha"], hp["eps"], hp["weight_decay"],
+                                                 _bias_decay(hp)), self._arrays)

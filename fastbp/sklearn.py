@@ -17,9 +17,9 @@ Design
 * The network is a ``fastbp.nn.Sequential`` of ``Linear`` layers (with the hidden activation
   between them) whose parameter arrays ARE ``coefs_[i]`` and ``intercepts_[i]``: reading them
   costs nothing, and a step updates them in place.  Each minibatch is one
-  ``Sequential.train_step`` (the fused kernels; the one-call compiled step where one
-  ``fastbp.optim`` optimizer can express scikit-learn's: Adam, or SGD without Nesterov, with
-  ``alpha=0`` and no sample weights -- see :meth:`_Solver.fuses` for why ``alpha > 0`` cannot).
+  ``Sequential.train_step`` (the fused kernels; the one-call compiled step for Adam, and for SGD
+  without Nesterov -- with momentum 0 where ``alpha > 0`` -- without sample weights: see
+  :meth:`_Solver.fuses`).
   Prediction runs ``Sequential.inference_forward`` (one GEMM + bias/activation epilogue per
   layer), the output activation written from its buffer straight into the result.
 * Output layer and loss (``out_activation_``): softmax + cross-entropy for multiclass
@@ -30,16 +30,16 @@ Design
 * scikit-learn's optimizers expressed with ``fastbp.optim`` (:class:`_Solver`): its gradient
   is ``(delta + alpha * W) / n``; fastbp's losses give ``k * delta / n`` (k = 1, or 2 / D for
   the mean squared error over D outputs), so SGD runs at ``lr / k`` with weight decay
-  ``k * alpha / n`` on the weights only, and Adam with ``eps' = k * eps / sqrt(1 - beta_2**t)``
+  ``k * alpha / n`` on the weights only (``decay_biases=False``: one optimizer for all the
+  parameters), and Adam with ``eps' = k * eps / sqrt(1 - beta_2**t)``
   (scikit-learn adds eps to the uncorrected ``sqrt(v)``, PyTorch-style Adam to the corrected
   one).  When the SGD learning rate changes (``invscaling``, ``adaptive``) the momentum
   buffers are rescaled by old / new, which keeps scikit-learn's velocity ``v = mu * v - lr * g``
   exact.
 * ``loss_`` is scikit-learn's: cross-entropy with probabilities clipped at machine epsilon, or
   half the mean squared error, plus the L2 term.  Only where training can take the one-call
-  step (no sample weights, no L2, Adam or SGD without Nesterov) fastbp's own exact
-  cross-entropy is used: it differs from the clipped one when a probability falls below
-  epsilon.
+  step (see above) fastbp's own exact cross-entropy is used: it differs from the clipped one
+  when a probability falls below epsilon.
 * ``sample_weight``: per-sample losses and gradient rows weighted by ``w_i / sum(w)`` over
   the batch (:class:`_RowLoss`, NumPy over the compiled per-row kernels), the L2 term and
   decay divided by the batch's weight sum, as scikit-learn does.
@@ -235,13 +235,13 @@ OUTPUTS = {
 
 
 class _Solver:
-    """scikit-learn's ``SGDOptimizer`` / ``AdamOptimizer`` run by ``fastbp.optim`` optimizers.
+    """scikit-learn's ``SGDOptimizer`` / ``AdamOptimizer`` run by one ``fastbp.optim``
+    optimizer (:attr:`optimizer`, what ``Sequential.train_step`` gets).
 
-    With ``alpha > 0`` the weights and the biases get separate optimizers (weight decay on the
-    weights only) and this object is what ``train_step`` gets (its ``step`` splits the
-    parameters by name); with ``alpha == 0`` one fastbp optimizer does everything, so Adam and
-    plain or heavy-ball SGD reach the one-call compiled step.  See the module docstring for
-    the scaling.
+    scikit-learn's L2 term decays the weights, not the biases: the optimizer has
+    ``decay_biases=False`` and its ``weight_decay`` set per batch (:meth:`before_step`), so Adam
+    and SGD without Nesterov (momentum 0 for any ``alpha``, heavy-ball with ``alpha == 0``)
+    reach the one-call compiled step.  See the module docstring for the scaling.
     """
 
     def __init__(self, estimator, grad_scale):
@@ -254,60 +254,42 @@ class _Solver:
         self.power_t = float(estimator.power_t)
         self.epsilon = float(estimator.epsilon)
         self.beta_2 = float(estimator.beta_2)
+        decay = self.grad_scale * self.alpha  # a batch of one; before_step sets alpha / n
         if self.solver == "sgd":
             momentum = float(estimator.momentum)
-
-            def make():
-                return optim.SGD(lr=self.learning_rate / self.grad_scale, momentum=momentum,
-                                 nesterov=bool(estimator.nesterovs_momentum) and momentum > 0)
+            self.optimizer = optim.SGD(
+                lr=self.learning_rate / self.grad_scale, momentum=momentum,
+                nesterov=bool(estimator.nesterovs_momentum) and momentum > 0,
+                weight_decay=decay, decay_biases=False)
         else:
-            def make():
-                return optim.Adam(lr=self.learning_rate,
-                                  betas=(float(estimator.beta_1), self.beta_2), eps=self.epsilon)
-        self.weights = make()
-        self.biases = make() if self.alpha > 0 else self.weights
-
-    @property
-    def optimizer(self):
-        """What ``Sequential.train_step`` gets."""
-        return self if self.biases is not self.weights else self.weights
+            self.optimizer = optim.Adam(lr=self.learning_rate,
+                                        betas=(float(estimator.beta_1), self.beta_2),
+                                        eps=self.epsilon, weight_decay=decay,
+                                        decay_biases=False)
 
     def fuses(self):
-        """True when one fastbp optimizer does everything and its update can run inside the
-        one-call compiled step (``fused_update``): SGD without Nesterov, or Adam, with
-        ``alpha == 0``.  With ``alpha > 0`` the weights and the biases need different weight
-        decays, which one ``FusedUpdate`` (one hyper-parameter tuple for every parameter)
-        cannot express."""
-        return self.biases is self.weights and self.weights.fused_update() is not None
-
-    def _optimizers(self):
-        return (self.weights,) if self.biases is self.weights else (self.weights, self.biases)
+        """True when the optimizer's update can run inside the one-call compiled step
+        (``fused_update``): Adam, or SGD without Nesterov (and momentum 0 where
+        ``alpha > 0``)."""
+        return self.optimizer.fused_update() is not None
 
     def before_step(self, n_samples):
         """Set the per-batch hyper-parameters: weight decay (alpha / n) and Adam's eps."""
-        if self.biases is not self.weights:
-            self.weights.weight_decay = self.grad_scale * self.alpha / n_samples
+        opt = self.optimizer
+        decay = self.grad_scale * self.alpha / n_samples
+        if decay != opt.weight_decay:  # (unchanged: the validated values stay cached)
+            opt.weight_decay = decay
         if self.solver == "adam":
-            t = 1 + next((s["step"] for s in self.weights.state.values() if "step" in s), 0)
-            eps = self.grad_scale * self.epsilon / np.sqrt(1.0 - self.beta_2 ** t)
-            for opt in self._optimizers():
-                opt.eps = float(eps)
-
-    def step(self, params, grads):
-        """Update ``"<i>.W"`` with the weights' optimizer and ``"<i>.b"`` with the biases'."""
-        weights = [k for k in params if k.endswith(".W")]
-        biases = [k for k in params if not k.endswith(".W")]
-        self.weights.step({k: params[k] for k in weights}, {k: grads[k] for k in weights})
-        self.biases.step({k: params[k] for k in biases}, {k: grads[k] for k in biases})
+            t = 1 + next((s["step"] for s in opt.state.values() if "step" in s), 0)
+            opt.eps = float(self.grad_scale * self.epsilon / np.sqrt(1.0 - self.beta_2 ** t))
 
     def _set_learning_rate(self, rate):
         old, self.learning_rate = self.learning_rate, float(rate)
-        for opt in self._optimizers():
-            opt.lr = self.learning_rate / self.grad_scale
-            for state in opt.state.values():
-                buf = state.get("momentum_buffer")
-                if buf is not None:  # keep scikit-learn's velocity -lr_old * buffer
-                    buf *= old / self.learning_rate
+        self.optimizer.lr = self.learning_rate / self.grad_scale
+        for state in self.optimizer.state.values():
+            buf = state.get("momentum_buffer")
+            if buf is not None:  # keep scikit-learn's velocity -lr_old * buffer
+                buf *= old / self.learning_rate
 
     def iteration_ends(self, time_step):
         """scikit-learn's per-epoch schedule: invscaling sets lr_init / (t + 1) ** power_t."""

@@ -376,19 +376,26 @@ def test_sgd_refuses_a_read_only_w(rng):
 # optimizer classes: the PyTorch algorithms, inline
 
 
-def inline_sgd(params, grads, state, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+def _decay(param, weight_decay, decay_biases):
+    """The weight decay a parameter gets: none for 1-D ones with decay_biases=False."""
+    return weight_decay if decay_biases or param.ndim > 1 else 0.0
+
+
+def inline_sgd(params, grads, state, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+               decay_biases=True):
     for k in params:
-        g = grads[k] + weight_decay * params[k]
+        g = grads[k] + _decay(params[k], weight_decay, decay_biases) * params[k]
         if momentum:
             b = state[k] = momentum * state.get(k, np.zeros_like(g)) + g
             g = g + momentum * b if nesterov else b
         params[k] = params[k] - lr * g
 
 
-def inline_adam(params, grads, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+def inline_adam(params, grads, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                decay_biases=True):
     b1, b2 = betas
     for k in params:
-        g = grads[k] + weight_decay * params[k]
+        g = grads[k] + _decay(params[k], weight_decay, decay_biases) * params[k]
         m, v, t = state.get(k, (np.zeros_like(g), np.zeros_like(g), 0))
         t += 1
         m = b1 * m + (1 - b1) * g
@@ -397,9 +404,10 @@ def inline_adam(params, grads, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, wei
         params[k] = params[k] - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
 
 
-def inline_rmsprop(params, grads, state, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0):
+def inline_rmsprop(params, grads, state, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                   decay_biases=True):
     for k in params:
-        g = grads[k] + weight_decay * params[k]
+        g = grads[k] + _decay(params[k], weight_decay, decay_biases) * params[k]
         s = state[k] = alpha * state.get(k, np.zeros_like(g)) + (1 - alpha) * g * g
         params[k] = params[k] - lr * g / (np.sqrt(s) + eps)
 
@@ -415,6 +423,15 @@ CLASS_CASES = {
                 dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)),
     "rmsprop": (optim.RMSProp, inline_rmsprop, dict()),
     "rmsprop-wd": (optim.RMSProp, inline_rmsprop, dict(lr=1e-3, alpha=0.9, weight_decay=0.01)),
+    # weight decay on the weights only (scikit-learn's alpha, timm's no-decay group)
+    "sgd-weights-wd": (optim.SGD, inline_sgd, dict(lr=0.1, weight_decay=0.05,
+                                                   decay_biases=False)),
+    "nesterov-weights-wd": (optim.SGD, inline_sgd, dict(lr=0.05, momentum=0.8, weight_decay=0.01,
+                                                        nesterov=True, decay_biases=False)),
+    "adam-weights-wd": (optim.Adam, inline_adam, dict(lr=1e-2, weight_decay=0.1,
+                                                      decay_biases=False)),
+    "rmsprop-weights-wd": (optim.RMSProp, inline_rmsprop, dict(lr=1e-3, weight_decay=0.1,
+                                                               decay_biases=False)),
 }
 
 
@@ -487,7 +504,13 @@ def test_optimizer_matches_torch(rng, case, dtype):
                    optim.RMSProp: ("square_avg",)}[cls]
     params = _model(rng, dtype)
     tparams = {k: torch.tensor(p.copy(), requires_grad=True) for k, p in params.items()}
-    topt = torch_cls(list(tparams.values()), **kwargs)
+    torch_kwargs = {k: v for k, v in kwargs.items() if k != "decay_biases"}
+    if kwargs.get("decay_biases", True):
+        topt = torch_cls(list(tparams.values()), **torch_kwargs)
+    else:  # timm's convention: 1-D parameters in a group without weight decay
+        topt = torch_cls([{"params": [t for t in tparams.values() if t.ndim > 1]},
+                          {"params": [t for t in tparams.values() if t.ndim <= 1],
+                           "weight_decay": 0.0}], **torch_kwargs)
     opt = cls(**kwargs)
     for _ in range(5):
         grads = _grads(rng, params)
@@ -507,15 +530,23 @@ def test_optimizer_matches_torch(rng, case, dtype):
 
 
 def test_fused_update_says_when_the_compiled_step_may_run_the_update(rng):
-    assert optim.SGD(0.1).fused_update() == optim.FusedUpdate("sgd", 0.1, (0.0,), ())
+    assert optim.SGD(0.1).fused_update() == optim.FusedUpdate("sgd", 0.1, (0.0, 0.0, 0.0), ())
     assert optim.SGD(0.1, momentum=0.9).fused_update() == optim.FusedUpdate(
-        "sgd", 0.1, (0.9,), ("momentum_buffer",))
-    assert optim.SGD(0.1, weight_decay=1e-4).fused_update() is None
+        "sgd", 0.1, (0.9, 0.0, 0.0), ("momentum_buffer",))
+    assert optim.SGD(0.1, weight_decay=1e-4).fused_update() == optim.FusedUpdate(
+        "sgd", 0.1, (0.0, 1e-4, 1e-4), ())
+    assert optim.SGD(0.1, weight_decay=1e-4, decay_biases=False).fused_update() == \
+        optim.FusedUpdate("sgd", 0.1, (0.0, 1e-4, 0.0), ())
+    assert optim.SGD(0.1, momentum=0.9, weight_decay=1e-4).fused_update() is None
     assert optim.SGD(0.1, momentum=0.5, nesterov=True).fused_update() is None
     assert optim.Adam(betas=(0.8, 0.9)).fused_update() == optim.FusedUpdate(
-        "adam", 1e-3, (0.8, 0.9, 1e-8, 0.0), ("exp_avg", "exp_avg_sq"), True)
+        "adam", 1e-3, (0.8, 0.9, 1e-8, 0.0, 0.0), ("exp_avg", "exp_avg_sq"), True)
+    assert optim.Adam(weight_decay=0.5, decay_biases=False).fused_update().hyper == (
+        0.9, 0.999, 1e-8, 0.5, 0.0)
     assert optim.RMSProp(weight_decay=0.5).fused_update() == optim.FusedUpdate(
-        "rmsprop", 1e-2, (0.99, 1e-8, 0.5), ("square_avg",))
+        "rmsprop", 1e-2, (0.99, 1e-8, 0.5, 0.5), ("square_avg",))
+    assert optim.RMSProp(weight_decay=0.5, decay_biases=False).fused_update().hyper == (
+        0.99, 1e-8, 0.5, 0.0)
     opt = optim.SGD(0.1)
     opt.lr = -1.0  # set since construction: validated, as step() would
     with pytest.raises(ValueError, match="lr"):
@@ -534,7 +565,8 @@ def test_fused_update_says_when_the_compiled_step_may_run_the_update(rng):
     np.testing.assert_array_equal(w, expected)
 
 
-@pytest.mark.parametrize("case", ["momentum", "nesterov-wd", "adam-wd", "rmsprop"])
+@pytest.mark.parametrize("case", ["momentum", "nesterov-wd", "adam-wd", "rmsprop",
+                                  "adam-weights-wd"])
 def test_state_dict_round_trip_resumes_exactly(rng, case):
     cls, _, kwargs = CLASS_CASES[case]
     params = _model(rng, np.float32)
@@ -556,6 +588,7 @@ def test_state_dict_round_trip_resumes_exactly(rng, case):
     resumed = cls(lr=0.5)  # other hyper-parameters: load_state_dict restores them
     resumed.load_state_dict(saved)
     assert resumed.hyperparameters() == opt.hyperparameters()
+    assert resumed.decay_biases is kwargs.get("decay_biases", True)
     for g in grads[3:]:
         resumed.step(saved_params, g)
     for k in params:
@@ -563,6 +596,22 @@ def test_state_dict_round_trip_resumes_exactly(rng, case):
     # loading copies: the dict may be reused
     assert not any(np.shares_memory(saved["state"]["W1"][k], resumed.state["W1"][k])
                    for k in saved["state"]["W1"] if k != "step")
+
+
+@pytest.mark.parametrize("case", ["momentum", "adam-wd", "rmsprop"])
+def test_a_state_dict_saved_before_decay_biases_loads_as_decaying_every_parameter(rng, case):
+    """fastbp 0.1's optimizers had no decay_biases and decayed every parameter: their saved
+    state_dicts load, and resume as they would have."""
+    cls, _, kwargs = CLASS_CASES[case]
+    params = _model(rng, np.float64)
+    opt = cls(**kwargs)
+    opt.step(params, _grads(rng, params))
+    old = opt.state_dict()
+    del old["hyperparameters"]["decay_biases"]
+    resumed = cls(lr=0.5, decay_biases=False)
+    resumed.load_state_dict(old)
+    assert resumed.hyperparameters() == opt.hyperparameters()
+    assert resumed.decay_biases is True
 
 
 def _bad_state_dicts(opt):
@@ -628,6 +677,113 @@ def test_zero_state_and_reset(rng):
 
 
 # --------------------------------------------------------------------------------------------
+# optimizer classes: decay_biases=False (weight decay on the weights only)
+
+WEIGHTS_ONLY = {
+    "sgd": lambda **kw: optim.SGD(lr=0.1, weight_decay=0.05, **kw),
+    "momentum": lambda **kw: optim.SGD(lr=0.05, momentum=0.9, weight_decay=0.05, **kw),
+    "adam": lambda **kw: optim.Adam(lr=1e-2, weight_decay=0.1, **kw),
+    "rmsprop": lambda **kw: optim.RMSProp(lr=1e-3, weight_decay=0.1, **kw),
+}
+
+
+@pytest.mark.parametrize("make", WEIGHTS_ONLY.values(), ids=WEIGHTS_ONLY)
+@pytest.mark.parametrize("as_tensors", [False, True], ids=["arrays", "tensors"])
+def test_decay_biases_false_leaves_1d_parameters_undecayed(rng, make, as_tensors):
+    """Zero gradients: only weight decay moves a parameter.  With decay_biases=False the 1-D
+    parameters stay exactly as they were and the 2-D ones shrink; with the default every
+    parameter shrinks."""
+    from fastbp.autograd import Tensor
+
+    for decay_biases in (False, True):
+        params = _model(rng, np.float64)
+        start = {k: p.copy() for k, p in params.items()}
+        opt = make(decay_biases=decay_biases)
+        for _ in range(3):
+            if as_tensors:
+                tensors = [Tensor(p, requires_grad=True) for p in params.values()]
+                for t in tensors:
+                    t.grad = np.zeros_like(t.data)
+                opt.step(tensors)
+            else:
+                opt.step(params, {k: np.zeros_like(p) for k, p in params.items()})
+        for k, p in params.items():
+            if p.ndim == 1 and not decay_biases:
+                np.testing.assert_array_equal(p, start[k])
+            else:
+                assert np.all(np.abs(p) < np.abs(start[k])), k
+
+
+def _weights_only_kernel_by_kernel(opt):
+    """The same optimizer as an instance of a subclass that changes _update (to the same
+    thing): the compiled step does not run it, the kernel-by-kernel path does."""
+
+    class KernelByKernel(type(opt)):
+        def _update(self, w, g, state, hp, n_threads):
+            super()._update(w, g, state, hp, n_threads)
+
+    return KernelByKernel(**opt.hyperparameters())
+
+
+def _reference_step(model, x, y, weights_opt, biases_opt):
+    """forward, backward and two optimizers (weights with decay, biases without) on the NumPy
+    reference: scikit-learn's and timm's split, written out."""
+    with fastbp.use_backend("numpy"):
+        value = model.criterion.forward(model.forward(x), y)
+        model.backward(model.criterion.backward())
+        for opt, ndim in ((weights_opt, 2), (biases_opt, 1)):
+            names = [k for k, p in model.params.items() if p.ndim == ndim]
+            opt.step({k: model.params[k] for k in names}, {k: model.grads[k] for k in names})
+    return value
+
+
+#: (rtol, atol) of the compiled step vs the NumPy reference after a few steps
+STEP_TOLERANCE = {np.dtype(np.float32): (2e-4, 2e-5), np.dtype(np.float64): (1e-9, 1e-11)}
+
+
+@pytest.mark.parametrize("make", [WEIGHTS_ONLY["sgd"], WEIGHTS_ONLY["adam"],
+                                  WEIGHTS_ONLY["rmsprop"]], ids=["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ["softmax", "mse"])
+def test_weights_only_decay_in_the_compiled_step(make, dtype, loss):
+    """decay_biases=False runs inside the one-call compiled step: equal to the kernel-by-kernel
+    path (bit for bit) and to the NumPy reference with separate weight and bias optimizers;
+    the biases differ from those of decay_biases=True."""
+    from fastbp import nn
+
+    gen = np.random.default_rng(21)
+    x = gen.standard_normal((16, 6)).astype(dtype)
+    y = gen.standard_normal((16, 4)).astype(dtype) if loss == "mse" else gen.integers(0, 4, 16)
+    models = [nn.MLP([6, 9, 7, 4], activation="tanh", dtype=dtype, rng=0, loss=loss)
+              for _ in range(4)]
+    compiled, kernel_by_kernel, reference_model, all_decayed = models
+    for model in models:  # non-zero biases, so that decaying them would show
+        for p in model.params.values():
+            p[...] = 0.5 if p.ndim == 1 else p
+    opt = make(decay_biases=False)
+    opt_k = _weights_only_kernel_by_kernel(opt)
+    hp = opt.hyperparameters()
+    weights_opt = type(opt)(**hp)
+    biases_opt = type(opt)(**dict(hp, weight_decay=0.0))
+    opt_all = make(decay_biases=True)
+    assert opt.fused_update() is not None and opt_k.fused_update() is None
+    for _ in range(4):
+        value = compiled.train_step(x, y, compiled.criterion, opt)
+        assert kernel_by_kernel.train_step(x, y, kernel_by_kernel.criterion, opt_k) == value
+        expected = _reference_step(reference_model, x, y, weights_opt, biases_opt)
+        assert value == pytest.approx(expected, rel=STEP_TOLERANCE[np.dtype(dtype)][0])
+        all_decayed.train_step(x, y, all_decayed.criterion, opt_all)
+    assert compiled._step_cache.compiled and not kernel_by_kernel._step_cache.compiled
+    rtol, atol = STEP_TOLERANCE[np.dtype(dtype)]
+    for name, p in compiled.params.items():
+        np.testing.assert_array_equal(p, kernel_by_kernel.params[name])
+        np.testing.assert_allclose(p, reference_model.params[name], rtol=rtol, atol=atol)
+        if p.ndim == 1:  # the bias update really skipped the decay
+            off = np.abs(p - reference_model.params[name]).max()
+            assert np.abs(p - all_decayed.params[name]).max() > max(10 * off, atol), name
+
+
+# --------------------------------------------------------------------------------------------
 # optimizer classes: bad input raises and changes nothing
 
 
@@ -662,6 +818,7 @@ def _class_failures():
         ("nan lr", lambda p, g, o: setattr(o, "lr", math.nan), ValueError),
         ("negative lr", lambda p, g, o: setattr(o, "lr", -0.1), ValueError),
         ("bad wd", lambda p, g, o: setattr(o, "weight_decay", math.inf), ValueError),
+        ("bad decay_biases", lambda p, g, o: setattr(o, "decay_biases", 0), TypeError),
         ("strided state", lambda p, g, o: o.state["b2"].update(
             {k: np.zeros(6)[::2] for k, v in o.state["b2"].items() if isinstance(v, np.ndarray)}),
          ValueError),
@@ -703,6 +860,9 @@ def test_bad_step_raises_and_changes_nothing(rng, case):
     (lambda: optim.RMSProp(alpha=1.0), ValueError, "alpha"),
     (lambda: optim.RMSProp(eps=-1e-8), ValueError, "eps"),
     (lambda: optim.RMSProp(weight_decay=math.nan), ValueError, "weight_decay"),
+    (lambda: optim.SGD(0.1, decay_biases="no"), TypeError, "decay_biases"),
+    (lambda: optim.Adam(decay_biases=None), TypeError, "decay_biases"),
+    (lambda: optim.RMSProp(decay_biases=1), TypeError, "decay_biases"),
 ])
 def test_constructor_validates_hyperparameters(make, err, match):
     with pytest.raises(err, match=match):

@@ -161,14 +161,19 @@ def test_float64_weighted_fit_equals_scikit_learn(digits, solver, kind):
     _assert_same_fit(ours, theirs)
 
 
-@pytest.mark.parametrize("solver,compiled", [("adam-compiled", True), ("sgd-compiled", True),
-                                             ("adam", False), ("sgd-nesterov-invscaling", False)])
+@pytest.mark.parametrize("solver,compiled", [
+    ("adam-compiled", True), ("sgd-compiled", True),
+    ("adam", True), ("adam-l2-early", True), ("sgd-plain-batch7", True),  # alpha > 0
+    ("sgd-nesterov-invscaling", False), ("sgd-heavy-ball-l2", False)])
 def test_one_call_compiled_step_where_the_solver_allows(digits, solver, compiled):
-    """alpha == 0 (Adam, SGD without Nesterov) trains on the one-call compiled step; alpha > 0
-    (weights and biases decayed differently) or Nesterov on the kernel-by-kernel path."""
+    """Adam (any alpha) and SGD without Nesterov (with momentum 0 where alpha > 0: weight decay
+    on the weights only, ``decay_biases=False``) train on the one-call compiled step; Nesterov
+    and heavy-ball SGD with alpha > 0 on the kernel-by-kernel path."""
     X, y = digits
-    est = MLPClassifier((9,), max_iter=2, random_state=0, **SOLVERS[solver]).fit(X[:100], y[:100])
+    params = SOLVERS.get(solver) or dict(solver="sgd", nesterovs_momentum=False, alpha=1e-3)
+    est = MLPClassifier((9,), max_iter=2, random_state=0, **params).fit(X[:100], y[:100])
     assert bool(est._model.model._step_cache.compiled) is compiled
+    assert est._solver.optimizer.decay_biases is False
 
 
 def test_adaptive_schedule_really_lowered_the_rate(digits):

@@ -16,6 +16,10 @@ OPTIMIZERS = {
     "momentum": lambda: optim.SGD(lr=0.05, momentum=0.9),
     "adam": lambda: optim.Adam(lr=1e-2),
     "rmsprop": lambda: optim.RMSProp(lr=1e-3),
+    # weight decay on the weights only (gamma, beta and the biases are 1-D), or on everything
+    "sgd-decay": lambda: optim.SGD(lr=0.1, weight_decay=0.05, decay_biases=False),
+    "adam-decay": lambda: optim.Adam(lr=1e-2, weight_decay=0.1, decay_biases=False),
+    "rmsprop-decay": lambda: optim.RMSProp(lr=1e-3, weight_decay=0.1),
 }
 
 NORMS = {

@@ -124,20 +124,21 @@ cdef void _descend(floating *w, const floating *v, Py_ssize_t size, floating ste
 
 
 cdef void _update(floating *p, const floating *g, void *state1, void *state2, Py_ssize_t size,
-                  int update, double lr, double momentum, const double *hyper, int n_threads,
-                  Py_ssize_t min_parallel) noexcept nogil:
+                  int update, double lr, double momentum, const double *hyper, double decay,
+                  int n_threads, Py_ssize_t min_parallel) noexcept nogil:
     """Update p from its gradient g with _optim's own sweep (what optimizer.step runs):
-    SGD (momentum: state1 is the velocity), Adam (state1, state2) or RMSProp (state1)."""
+    SGD (momentum: state1 is the velocity), Adam (state1, state2) or RMSProp (state1), with
+    weight decay `decay` (the weights' or the 1-D parameters', see _step)."""
     cdef int nt = n_threads if size >= min_parallel else 1
     if update == UPDATE_ADAM:
         _adam(p, g, <floating *>state1, <floating *>state2, size, hyper[0], hyper[1], hyper[2],
-              hyper[3], hyper[4], hyper[5], nt)
+              hyper[3], hyper[4], decay, nt)
     elif update == UPDATE_RMSPROP:
-        _rmsprop(p, g, <floating *>state1, size, lr, hyper[0], hyper[1], hyper[2], nt)
+        _rmsprop(p, g, <floating *>state1, size, lr, hyper[0], hyper[1], decay, nt)
     elif momentum != 0:
-        _momentum(p, g, <floating *>state1, size, lr, momentum, 0.0, False, nt)
+        _momentum(p, g, <floating *>state1, size, lr, momentum, decay, False, nt)
     else:
-        _sgd(p, g, size, lr, 0.0, nt)
+        _sgd(p, g, size, lr, decay, nt)
 
 
 cdef void _norm_forward(Layer *L, Py_ssize_t n, double var_scale, floating *out,
@@ -172,21 +173,27 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
     and RMSProp get their gradients in w_target / b_target (scale 1, beta 0, as the
     kernel-by-kernel path) and run _optim's sweeps on them, layer by layer (each layer's
     weights are read by nothing after its own dx GEMM).  hyper: Adam (step_size, beta1, beta2,
-    inv_sqrt_bc2, eps, weight_decay), RMSProp (alpha, eps, weight_decay)."""
+    inv_sqrt_bc2, eps, weight_decay, bias_weight_decay), RMSProp (alpha, eps, weight_decay,
+    bias_weight_decay), SGD (weight_decay, bias_weight_decay: momentum 0 only, folded into the
+    GEMMs' beta)."""
     cdef Layer *L
     cdef const floating *h = x
     cdef floating *d
     cdef Py_ssize_t i, c
     cdef int l, nt
     cdef double total = 0, loss_scale
-    cdef floating scale = 1, beta = momentum, step = <floating>lr
+    cdef floating scale = 1, beta = momentum, b_beta, step = <floating>lr
     cdef Py_ssize_t size
     cdef floating *y
     cdef double var_scale = n / (n - 1.0) if n > 1 else 1.0  # batch norm's unbiased running var
     if update != UPDATE_SGD:
         beta = 0                         # plain gradients, then _optim's sweep
-    elif momentum == 0:
-        scale, beta = <floating>-lr, 1   # the update itself happens inside the GEMM
+    elif momentum == 0:                  # the update itself happens inside the GEMM
+        scale, beta = <floating>-lr, <floating>(1.0 - lr * hyper[0])
+    b_beta = <floating>(1.0 - lr * hyper[1]) if update == UPDATE_SGD and momentum == 0 else beta
+    # the weights' and the 1-D parameters' (biases, gamma, beta) weight decay
+    cdef int wd_at = 5 if update == UPDATE_ADAM else 2 if update == UPDATE_RMSPROP else 0
+    cdef double weight_decay = hyper[wd_at], bias_decay = hyper[wd_at + 1]
     for l in range(n_layers):
         L = &layers[l]
         nt = n_threads if n * L.d_out >= min_parallel else 1
@@ -221,8 +228,8 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
         nt = n_threads if n * L.d_out >= min_parallel else 1
         if L.norm == NO_NORM:
             _backward(d, <floating *>L.pre if L.pre != NULL else <floating *>L.out, d,
-                      <floating *>L.b_target, n, L.d_out, L.act, <floating>L.alpha, scale, beta,
-                      nt)
+                      <floating *>L.b_target, n, L.d_out, L.act, <floating>L.alpha, scale,
+                      b_beta, nt)
         else:  # the activation's derivative, the norm's backward, then the bias gradient
             if L.act != IDENTITY:
                 _backward(d, <floating *>L.pre if L.pre != NULL else <floating *>L.out, d,
@@ -230,7 +237,7 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
             _norm_backward(L, n, d, nt)
             if L.b_target != NULL:  # dz NULL: a plain column sum of d, nothing written to d
                 _backward(d, d, <floating *>NULL, <floating *>L.b_target, n, L.d_out,
-                          IDENTITY, 0, scale, beta, nt)
+                          IDENTITY, 0, scale, b_beta, nt)
         if l > 0:  # dx from the old weights, before the GEMM below may update them
             gemm_rm(False, True, <int>n, <int>L.d_in, <int>L.d_out, 1.0, d, <int>L.d_out,
                     <floating *>L.w, <int>L.d_out, 0.0, <floating *>L.dx, <int>L.d_in)
@@ -239,15 +246,16 @@ cdef double _step(floating dtype_tag, Layer *layers, int n_layers, Py_ssize_t n,
         size = L.d_in * L.d_out
         if L.trained:  # gamma and beta: their gradients, then the optimizer's own sweep
             _update(<floating *>L.gamma, <floating *>L.dgamma, L.gamma_state1, L.gamma_state2,
-                    L.d_out, update, lr, momentum, hyper, n_threads, min_parallel)
+                    L.d_out, update, lr, momentum, hyper, bias_decay, n_threads, min_parallel)
             _update(<floating *>L.beta, <floating *>L.dbeta, L.beta_state1, L.beta_state2,
-                    L.d_out, update, lr, momentum, hyper, n_threads, min_parallel)
+                    L.d_out, update, lr, momentum, hyper, bias_decay, n_threads, min_parallel)
         if update != UPDATE_SGD:
             _update(<floating *>L.w, <floating *>L.w_target, L.w_state1, L.w_state2, size,
-                    update, lr, momentum, hyper, n_threads, min_parallel)
+                    update, lr, momentum, hyper, weight_decay, n_threads, min_parallel)
             if L.b != NULL:
                 _update(<floating *>L.b, <floating *>L.b_target, L.b_state1, L.b_state2,
-                        L.d_out, update, lr, momentum, hyper, n_threads, min_parallel)
+                        L.d_out, update, lr, momentum, hyper, bias_decay, n_threads,
+                        min_parallel)
         elif momentum != 0:  # w -= lr * velocity, for the weights and the bias
             _descend(<floating *>L.w, <floating *>L.w_target, size, step,
                      n_threads if size >= min_parallel else 1)
@@ -265,8 +273,8 @@ cdef class FusedStep:
     every array (C-contiguous, one float dtype, consistent shapes); FusedStep keeps them alive.
     :meth:`run` checks the batch and the arrays it writes, then runs forward, loss, backward
     and the update in one nogil call.  Parameters are updated in place: the weight-gradient
-    GEMM writes ``W := W - lr * xᵀ·dz`` directly (momentum 0) or the velocity
-    ``v := xᵀ·dz + mu * v`` followed by ``W -= lr * v``.
+    GEMM writes ``W := (1 - lr * weight_decay) * W - lr * xᵀ·dz`` directly (momentum 0) or
+    the velocity ``v := xᵀ·dz + mu * v`` followed by ``W -= lr * v``.
 
     Parameters
     ----------
@@ -343,8 +351,9 @@ cdef class FusedStep:
         x, labels and target must be C-contiguous and of the plan's dtype (the caller checks).
         Labels outside [0, n_out) and parameters or velocities that are no longer writeable,
         C-contiguous arrays of the step's dtype raise ValueError before anything is written.
-        `hyper`: Adam (beta1, beta2, eps, weight_decay, t), RMSProp (alpha, eps, weight_decay);
-        unused for SGD.  Returns the mean loss before the update."""
+        `hyper`: Adam (beta1, beta2, eps, weight_decay, bias_weight_decay, t), RMSProp (alpha,
+        eps, weight_decay, bias_weight_decay), SGD (momentum, weight_decay, bias_weight_decay)
+        or () for no weight decay.  Returns the mean loss before the update."""
         cdef const int64_t[::1] y
         cdef const int64_t *py = NULL
         cdef Py_ssize_t i
@@ -365,15 +374,17 @@ cdef class FusedStep:
                     raise ValueError(f"y must lie in [0, {self.n_out}), found label {py[i]}")
         elif target.shape != (self.n, self.n_out):
             raise ValueError(f"target must have shape {(self.n, self.n_out)}, got {target.shape}")
-        cdef double h[6]
+        cdef double h[7]
         if self.update == UPDATE_ADAM:  # bias corrections as adam_step computes them
-            b1, b2, eps, wd, t = hyper
+            b1, b2, eps, wd, bias_wd, t = hyper
             h[0] = lr / (1.0 - pow(b1, <double>t))
             h[1], h[2] = b1, b2
             h[3] = 1.0 / sqrt(1.0 - pow(b2, <double>t))
-            h[4], h[5] = eps, wd
+            h[4], h[5], h[6] = eps, wd, bias_wd
         elif self.update == UPDATE_RMSPROP:
-            h[0], h[1], h[2] = hyper
+            h[0], h[1], h[2], h[3] = hyper
+        else:
+            h[0], h[1] = hyper[1:] if hyper else (0.0, 0.0)
         cdef void *px = _address(x)
         cdef void *pt = _address(target) if self.loss == SQUARED else NULL
         with nogil:
