@@ -221,3 +221,26 @@ def test_mixed_process_smoke():
         "print('ok')\n")
     proc = _run(code)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_fastbp_brings_no_second_blas_into_the_process():
+    """After ``import fastbp`` and training steps through every activation (compiled backend),
+    the process holds the BLAS libraries NumPy loaded and no other: SciPy's OpenBLAS (loaded by
+    scipy.special's ufuncs, among others) would be a second BLAS thread pool."""
+    code = (
+        "import json, numpy as np\n"
+        "from threadpoolctl import threadpool_info\n"
+        "def blas(): return sorted(i['filepath'] for i in threadpool_info()"
+        " if i['user_api'] == 'blas')\n"
+        "before = blas()\n"
+        "import fastbp; from fastbp import _specs, nn, optim\n"
+        "for name in _specs.ACTIVATIONS:\n"
+        "    m = nn.MLP([4, 8, 3], activation=name)\n"
+        "    m.train_step(np.ones((5, 4), np.float32), np.arange(5) % 3, m.criterion,"
+        " optim.Adam())\n"
+        "fastbp.show_config(open('/dev/null', 'w'))\n"
+        "print(json.dumps([before, blas()]))\n")
+    proc = _run(code, FASTBP_BLAS="")
+    assert proc.returncode == 0, proc.stderr
+    before, after = json.loads(proc.stdout)
+    assert before and after == before

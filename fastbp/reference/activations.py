@@ -12,9 +12,19 @@ tested against.
 import math
 
 import numpy as np
-from scipy.special import expit, ndtr
 
 from .._specs import ACTIVATIONS
+
+
+
+def _special():
+    """scipy.special, imported on first use: its ufuncs load SciPy's own OpenBLAS, a second
+    BLAS thread pool (DESIGN §6), so ``import fastbp`` must not import it; only the NumPy twins
+    of sigmoid and GELU use it (expit, ndtr)."""
+    from scipy import special
+
+    return special
+
 
 __all__ = [
     "relu_forward", "relu_backward",
@@ -67,7 +77,7 @@ def leaky_relu_backward(dout, x, dx, alpha=0.01, n_threads=1):
 def sigmoid_forward(x, out, n_threads=1):
     """out := 1 / (1 + exp(-x))  (stable for both signs)."""
     _check("sigmoid_forward", x=x, out=out)
-    out[...] = expit(x)
+    out[...] = _special().expit(x)
 
 
 def sigmoid_backward(dout, y, dx, n_threads=1):
@@ -113,9 +123,11 @@ def gelu_forward(x, out, approximate="none", n_threads=1):
     _check("gelu_forward", x=x, out=out)
     if form == "tanh":
         u, _ = _gelu_tanh_u(x)
-        out[...] = x * expit(2 * u)  # = 0.5*x*(1 + tanh(u)), without the cancellation for x << 0
+        # = 0.5*x*(1 + tanh(u)), without the cancellation for x << 0
+        out[...] = x * _special().expit(2 * u)
     else:
-        out[...] = x * ndtr(x)  # ndtr(x) = Phi(x) = 0.5*(1 + erf(x/sqrt(2))), accurate in the tail
+        # ndtr(x) = Phi(x) = 0.5*(1 + erf(x/sqrt(2))), accurate in the tail
+        out[...] = x * _special().ndtr(x)
 
 
 def gelu_backward(dout, x, dx, approximate="none", n_threads=1):
@@ -125,7 +137,8 @@ def gelu_backward(dout, x, dx, approximate="none", n_threads=1):
     if form == "tanh":
         u, du = _gelu_tanh_u(x)
         # d/dx [x * sigmoid(2u)] = sigmoid(2u) + 2x * sigmoid(2u) * sigmoid(-2u) * du
+        expit = _special().expit
         dx[...] = dout * (expit(2 * u) + 2 * x * expit(2 * u) * expit(-2 * u) * du)
     else:
         pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
-        dx[...] = dout * (ndtr(x) + x * pdf)
+        dx[...] = dout * (_special().ndtr(x) + x * pdf)
