@@ -222,8 +222,20 @@ def fail_in_user_code():
 
 
 def mismatched_models():
-    """Rank 1 builds a float64 model: every rank raises ValueError at creation."""
-    DataParallel(nn.MLP([6, 8, 3], dtype=np.float64 if comm.rank else np.float32, rng=0), comm)
+    """Rank 1 builds a float64 model: every rank raises ValueError at creation.
+
+    Each rank prints its error in one flushed write and the ranks meet at a barrier before
+    exiting 1: mpiexec kills the other ranks as soon as one exits with an error, which cut the
+    second rank's traceback mid-write (seen in CI).  A rank that did not raise prints "no
+    error" and exits 0, leaving the other at the barrier (the test's timeout then fails)."""
+    try:
+        DataParallel(nn.MLP([6, 8, 3], dtype=np.float64 if comm.rank else np.float32, rng=0),
+                     comm)
+    except ValueError as e:
+        print(f"rank {comm.rank}: ValueError: {e}", file=sys.stderr, flush=True)
+        comm.Barrier()
+        sys.exit(1)
+    print("no error", flush=True)
 
 
 if __name__ == "__main__":
