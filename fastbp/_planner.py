@@ -446,23 +446,9 @@ def fused_train_step(plan, cache, x, y, loss, optimizer):
     inputs, saved, normed, running = [], [], [], []
     h = x
     for i, s in enumerate(plan.stages):
-        out = get(f"out{i}", (n, s.linear.out_features), dtype)
-        threads = threads_for(out.size)
-        act, norm = s.activation, s.norm
-        pre = get(f"pre{i}", out.shape, dtype) if act is not None and act.reads_input else None
-        if norm is not None:
-            z = get(f"z{i}", out.shape, dtype)
-            k.linear_forward(h, s.W, s.b, z, threads)
-            normed.append((z, *_norm_forward(k, norm, z, out, get, str(i), threads, running)))
-            if act is not None:
-                k.bias_act_forward(out, None, act.code, act.alpha, pre, threads)
-        elif act is None:
-            k.linear_forward(h, s.W, s.b, out, threads)
-        else:
-            k.linear_act_forward(h, s.W, s.b, act.code, act.alpha, pre, out, threads)
-        if norm is None:
-            normed.append(None)
-        saved.append(None if act is None else pre if pre is not None else out)
+        out, pre, stats = _stage_forward(k, s, h, n, dtype, get, str(i), running)
+        normed.append(stats)
+        saved.append(None if s.activation is None else pre if pre is not None else out)
         inputs.append(h)
         h = out
 
@@ -609,25 +595,38 @@ def fused_forward(plan, buffers, x):
     same; the names differ from the training step's).  Returns the last stage's output, a
     reused (N, out_features) buffer.  The kernels check every array they read.
     """
+    for s in plan.stages:
+        if s.norm is not None and s.norm.statistics == "batch":
+            raise ValueError(f"fused_forward: {s.norm.layer!r} is in training mode; "
+                             "inference runs batch norm with its running statistics")
     k = kernels()
     n, dtype, h = x.shape[0], plan.dtype, x
-    for i, s in enumerate(plan.stages):
-        out = buffers.get(f"infer_out{i}", (n, s.linear.out_features), dtype)
-        threads, act, norm = threads_for(out.size), s.activation, s.norm
-        # gelu's kernels also store z; nothing reads it here
-        pre = buffers.get(f"infer_pre{i}", out.shape, dtype) if act and act.reads_input else None
-        if norm is not None:
-            if norm.statistics == "batch":
-                raise ValueError(f"fused_forward: {norm.layer!r} is in training mode; "
-                                 "inference runs batch norm with its running statistics")
-            z = buffers.get(f"infer_z{i}", out.shape, dtype)
-            k.linear_forward(h, s.W, s.b, z, threads)
-            _norm_forward(k, norm, z, out, buffers.get, f"infer{i}", threads)
-            if act is not None:
-                k.bias_act_forward(out, None, act.code, act.alpha, pre, threads)
-        elif act is None:
-            k.linear_forward(h, s.W, s.b, out, threads)
-        else:
-            k.linear_act_forward(h, s.W, s.b, act.code, act.alpha, pre, out, threads)
-        h = out
+    for i, s in enumerate(plan.stages):  # (gelu's kernels also store z; nothing reads it here)
+        h, _, _ = _stage_forward(k, s, h, n, dtype, buffers.get, f"infer_{i}")
     return h
+
+
+def _stage_forward(k, stage, h, n, dtype, get, tag, running=None):
+    """One stage's forward from its input `h` (N rows) into reused buffers named with `tag`:
+    ONE GEMM whose epilogue adds the bias and applies the activation (``linear_act_forward``,
+    or ``linear_forward`` without one); with a norm, the GEMM + bias into z, the norm
+    (:func:`_norm_forward`, which appends batch norm's running-average updates to `running`),
+    then the activation in place (``bias_act_forward``).  Returns ``(out, pre, normed)``: the
+    stage's output, the pre-activation where the activation's backward reads it (else None)
+    and, for a norm stage, ``(z, mean, inv_std)`` (else None)."""
+    act, norm = stage.activation, stage.norm
+    out = get(f"out{tag}", (n, stage.linear.out_features), dtype)
+    threads = threads_for(out.size)
+    pre = get(f"pre{tag}", out.shape, dtype) if act is not None and act.reads_input else None
+    if norm is None:
+        if act is None:
+            k.linear_forward(h, stage.W, stage.b, out, threads)
+        else:
+            k.linear_act_forward(h, stage.W, stage.b, act.code, act.alpha, pre, out, threads)
+        return out, pre, None
+    z = get(f"z{tag}", out.shape, dtype)
+    k.linear_forward(h, stage.W, stage.b, z, threads)
+    statistics = _norm_forward(k, norm, z, out, get, tag, threads, running)
+    if act is not None:
+        k.bias_act_forward(out, None, act.code, act.alpha, pre, threads)
+    return out, pre, (z, *statistics)
